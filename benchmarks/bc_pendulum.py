@@ -1,0 +1,104 @@
+"""
+FlowBC (and the Gaussian BC baseline) on Pendulum-v1 from noisy-expert demonstrations.
+
+Pipeline: an SB3 SAC expert (20k steps, cached), 50 demonstration episodes with action noise 0.3, then FlowBC and
+GaussianBC for several seeds; each evaluated deterministically on fresh episodes.
+Target (foundation issue): FlowBC within 15% of the demonstrations' mean return.
+
+    python benchmarks/bc_pendulum.py [--seeds 0 1 2] [--bc-steps 5000] [--eval-episodes 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+
+from sb3_flow import FlowBC, GaussianBC, collect_demonstrations, set_torch_threads
+from sb3_flow.common.experts import train_expert
+
+
+def evaluate(policy, env_id: str, n_episodes: int, seed: int) -> tuple[float, float]:
+    env = Monitor(gym.make(env_id))
+    env.reset(seed=seed)
+    mean, std = evaluate_policy(policy, env, n_eval_episodes=n_episodes, deterministic=True)
+    return float(mean), float(std)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="Pendulum-v1")
+    parser.add_argument("--expert-steps", type=int, default=20_000)
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--action-noise", type=float, default=0.3)
+    parser.add_argument("--bc-steps", type=int, default=5_000)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="benchmark_output/bc_pendulum.json")
+    args = parser.parse_args()
+    set_torch_threads(1)
+
+    start = time.perf_counter()
+    expert = train_expert(args.env, "sac", args.expert_steps, seed=0, progress_bar=False)
+    expert_seconds = time.perf_counter() - start
+    expert_mean, expert_std = evaluate(expert, args.env, args.eval_episodes, seed=10_000)
+    demos = collect_demonstrations(args.env, expert, args.episodes, args.action_noise, seed=0)
+    demo = demos.summary()
+    print(f"expert {expert_mean:.1f} ± {expert_std:.1f} ({expert_seconds:.0f} s incl. training or cache load)")
+    print(f"demonstrations {demo['mean_return']:.1f} ± {demo['std_return']:.1f} ({demo['n_episodes']} episodes)")
+
+    results: dict[str, list[dict[str, float]]] = {"FlowBC": [], "GaussianBC": []}
+    for seed in args.seeds:
+        for name, algorithm in (("FlowBC", FlowBC), ("GaussianBC", GaussianBC)):
+            th.manual_seed(seed)
+            start = time.perf_counter()
+            model = algorithm("MlpPolicy", args.env, demos, learning_rate=args.learning_rate, seed=seed, device="cpu")
+            model.learn(args.bc_steps)
+            train_seconds = time.perf_counter() - start
+            mean, std = evaluate(model.policy, args.env, args.eval_episodes, seed=20_000 + seed)
+            results[name].append({"seed": seed, "mean_return": mean, "std_return": std, "train_seconds": train_seconds})
+            print(f"{name} seed {seed}: {mean:.1f} ± {std:.1f} ({train_seconds:.0f} s training)", flush=True)
+
+    print("\n| method | return, mean ± std over seeds | per-seed means | train s (mean) | vs demonstrations |")
+    print("|---|---|---|---|---|")
+    print(f"| SAC expert ({args.expert_steps} steps) | {expert_mean:.1f} ± {expert_std:.1f} (episodes) | | | |")
+    print(
+        f"| demonstrations (noise {args.action_noise}) | {demo['mean_return']:.1f} ± {demo['std_return']:.1f} (episodes) "
+        "| | | 1.00 |"
+    )
+    for name, runs in results.items():
+        means = np.array([run["mean_return"] for run in runs])
+        seconds = np.mean([run["train_seconds"] for run in runs])
+        per_seed = ", ".join(f"{value:.1f}" for value in means)
+        ratio = means.mean() / demo["mean_return"]
+        print(f"| {name} | {means.mean():.1f} ± {means.std():.1f} | {per_seed} | {seconds:.0f} | {ratio:.2f} |")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"processor": platform.processor() or platform.machine(), "torch": th.__version__, "threads": 1}
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "machine": machine,
+                "expert": {"mean_return": expert_mean, "std_return": expert_std},
+                "demonstrations": demo,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""sb3-flow: flow-matching policies for Stable-Baselines3."""
+
+from sb3_flow.bc import FlowBC, GaussianBC
+from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations, from_minari
+from sb3_flow.common.utils import set_torch_threads
+from sb3_flow.policies import FlowPolicy, GaussianPolicy, load_flow_policy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Demonstrations",
+    "FlowBC",
+    "FlowPolicy",
+    "GaussianBC",
+    "GaussianPolicy",
+    "collect_demonstrations",
+    "from_minari",
+    "load_flow_policy",
+    "set_torch_threads",
+]

@@ -1,0 +1,1 @@
+"""Building blocks shared by every sb3-flow method: flow math, networks, demonstrations, experts."""

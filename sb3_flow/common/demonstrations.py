@@ -1,0 +1,303 @@
+"""Demonstrations: one dataclass of numpy arrays, collected from any expert, saved as ``.npz``, read from Minari."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv
+from tqdm.auto import tqdm
+
+from sb3_flow.common.utils import check_box_action_space
+
+Observations = np.ndarray | dict[str, np.ndarray]
+Expert = Any  # an SB3 model (anything with ``predict(obs, deterministic=...)``) or a callable obs -> action
+
+_ARRAY_FIELDS = ("actions", "rewards", "terminations", "truncations", "episode_starts")
+_OBS_FIELDS = ("observations", "next_observations")
+
+
+def _n_rows(observations: Observations) -> int:
+    if isinstance(observations, dict):
+        lengths = {len(value) for value in observations.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"Dict observations have entries of different lengths: {sorted(lengths)}")
+        return lengths.pop()
+    return len(observations)
+
+
+def _index(observations: Observations, index: Any) -> Observations:
+    if isinstance(observations, dict):
+        return {key: value[index] for key, value in observations.items()}
+    return observations[index]
+
+
+@dataclass
+class Demonstrations:
+    """
+    Transitions of one or more episodes, row ``i`` being ``(observations[i], actions[i], rewards[i],
+    next_observations[i], terminations[i], truncations[i])``; ``episode_starts[i]`` marks the first row of an episode.
+    Actions are stored in the environment's units.
+
+    :param observations: shape (n, *obs_shape), or a dict of such arrays for Dict observation spaces
+    :param actions: shape (n, *action_shape)
+    :param rewards: shape (n,)
+    :param next_observations: like ``observations``
+    :param terminations: shape (n,), bool
+    :param truncations: shape (n,), bool
+    :param episode_starts: shape (n,), bool
+    """
+
+    observations: Observations
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_observations: Observations
+    terminations: np.ndarray
+    truncations: np.ndarray
+    episode_starts: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.actions = np.asarray(self.actions, dtype=np.float32)
+        self.rewards = np.asarray(self.rewards, dtype=np.float32).reshape(-1)
+        for name in ("terminations", "truncations", "episode_starts"):
+            setattr(self, name, np.asarray(getattr(self, name), dtype=bool).reshape(-1))
+        lengths = {name: len(getattr(self, name)) for name in _ARRAY_FIELDS}
+        lengths.update({name: _n_rows(getattr(self, name)) for name in _OBS_FIELDS})
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"Every field of Demonstrations must have the same number of rows, got {lengths}")
+        if len(self) > 0 and not self.episode_starts[0]:
+            raise ValueError("episode_starts[0] must be True: the first row starts an episode")
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @property
+    def n_episodes(self) -> int:
+        """Number of episodes (the last one may be unfinished)."""
+        return int(self.episode_starts.sum())
+
+    def episode_returns(self) -> np.ndarray:
+        """Undiscounted return of every episode, shape (n_episodes,)."""
+        episode_index = np.cumsum(self.episode_starts) - 1
+        return np.bincount(episode_index, weights=self.rewards, minlength=self.n_episodes).astype(np.float64)
+
+    def summary(self) -> dict[str, float]:
+        """Number of transitions and episodes, mean and std of the episode return."""
+        returns = self.episode_returns()
+        return {
+            "n_transitions": len(self),
+            "n_episodes": self.n_episodes,
+            "mean_return": float(returns.mean()) if len(returns) else float("nan"),
+            "std_return": float(returns.std()) if len(returns) else float("nan"),
+        }
+
+    def check_spaces(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
+        """
+        :raises ValueError: naming the expected shapes, when the arrays do not fit the spaces
+        """
+        expected_action = action_space.shape
+        if self.actions.shape[1:] != expected_action:
+            raise ValueError(
+                f"Demonstration actions have shape {self.actions.shape[1:]} per step, "
+                f"but the action space {action_space} expects {expected_action}"
+            )
+        for name in _OBS_FIELDS:
+            value = getattr(self, name)
+            if isinstance(observation_space, spaces.Dict):
+                if not isinstance(value, dict) or set(value) != set(observation_space.spaces):
+                    found = sorted(value) if isinstance(value, dict) else "an array"
+                    raise ValueError(
+                        f"Demonstration {name} must be a dict with keys {sorted(observation_space.spaces)} "
+                        f"for the Dict observation space, got {found}"
+                    )
+                pairs = [(f"{name}[{key!r}]", value[key], observation_space[key]) for key in value]
+            else:
+                if isinstance(value, dict):
+                    raise ValueError(f"Demonstration {name} is a dict, but the observation space is {observation_space}")
+                pairs = [(name, value, observation_space)]
+            for label, array, space in pairs:
+                if np.asarray(array).shape[1:] != space.shape:
+                    raise ValueError(
+                        f"Demonstration {label} have shape {np.asarray(array).shape[1:]} per step, "
+                        f"but the observation space {space} expects {space.shape}"
+                    )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to an ``.npz`` file (Dict observations are stored as ``observations.<key>``)."""
+        arrays: dict[str, np.ndarray] = {name: getattr(self, name) for name in _ARRAY_FIELDS}
+        for name in _OBS_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                arrays.update({f"{name}.{key}": array for key, array in value.items()})
+            else:
+                arrays[name] = value
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Demonstrations:
+        """
+        Read a file written by :meth:`save`.
+
+        :raises FileNotFoundError: when there is no such file
+        :raises ValueError: when the file is not a demonstrations ``.npz``
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No demonstrations file at {path!s} (expected an .npz written by Demonstrations.save)")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+            raise ValueError(f"{path!s} is not a readable demonstrations .npz file: {error}") from error
+        values: dict[str, Any] = {}
+        for name in _OBS_FIELDS:
+            prefix = f"{name}."
+            dict_keys = [key for key in arrays if key.startswith(prefix)]
+            values[name] = {key[len(prefix) :]: arrays[key] for key in dict_keys} if dict_keys else arrays.get(name)
+        values.update({name: arrays.get(name) for name in _ARRAY_FIELDS})
+        missing = [name for name in (field.name for field in fields(cls)) if values.get(name) is None]
+        if missing:
+            raise ValueError(f"{path!s} is not a demonstrations file: it lacks {missing}")
+        return cls(**values)
+
+    @classmethod
+    def concatenate(cls, parts: list[Demonstrations]) -> Demonstrations:
+        """Join several sets of demonstrations, in order."""
+        if not parts:
+            raise ValueError("concatenate needs at least one Demonstrations")
+
+        def join(name: str) -> Any:
+            first = getattr(parts[0], name)
+            if isinstance(first, dict):
+                return {key: np.concatenate([getattr(part, name)[key] for part in parts]) for key in first}
+            return np.concatenate([getattr(part, name) for part in parts])
+
+        return cls(**{field.name: join(field.name) for field in fields(cls)})
+
+
+def _expert_action_fn(expert: Expert, deterministic: bool) -> Callable[[Any], np.ndarray]:
+    predict = getattr(expert, "predict", None)
+    if callable(predict):
+        return lambda obs: predict(obs, deterministic=deterministic)[0]
+    if callable(expert):
+        return expert
+    raise TypeError(f"expert must be an SB3 model (with .predict) or a callable obs -> action, got {type(expert).__name__}")
+
+
+def _copy(observation: Any) -> Any:
+    if isinstance(observation, dict):
+        return {key: np.array(value, copy=True) for key, value in observation.items()}
+    return np.array(observation, copy=True)
+
+
+def _stack(observations: list[Any]) -> Observations:
+    if isinstance(observations[0], dict):
+        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
+    return np.stack(observations)
+
+
+def collect_demonstrations(
+    env: gym.Env | str,
+    expert: Expert,
+    n_episodes: int,
+    action_noise: float = 0.0,
+    seed: int | None = None,
+    deterministic: bool = True,
+    progress_bar: bool = False,
+) -> Demonstrations:
+    """
+    Roll out an expert and record its transitions.
+
+    :param env: a gymnasium environment or its id (not a VecEnv: episodes are recorded one at a time)
+    :param expert: an SB3 model, or any callable mapping one observation to one action (in the env's units)
+    :param n_episodes: number of episodes
+    :param action_noise: std of Gaussian noise added to the expert's action, as a fraction of the half-width of
+        the action box (0.3 on a [-2, 2] box adds N(0, 0.6^2)); the noisy action is clipped to the box and is what is
+        both executed and recorded, which makes the data good but not optimal
+    :param seed: seeds the environment's resets and the action noise
+    :param deterministic: passed to an SB3 expert's ``predict``
+    :param progress_bar: show a progress bar over episodes
+    :return: the demonstrations
+    """
+    if isinstance(env, VecEnv):
+        raise TypeError("collect_demonstrations takes a single gymnasium.Env (or an env id), not a VecEnv")
+    if isinstance(env, str):
+        env = gym.make(env)
+    action_space = check_box_action_space(env.action_space, "collect_demonstrations")
+    if n_episodes <= 0:
+        raise ValueError(f"n_episodes must be a positive integer, got {n_episodes}")
+    if not np.isfinite(action_noise) or action_noise < 0:
+        raise ValueError(f"action_noise must be a finite number >= 0, got {action_noise}")
+    act = _expert_action_fn(expert, deterministic)
+    rng = np.random.default_rng(seed)
+    half_width = (action_space.high - action_space.low) / 2.0
+
+    rows: dict[str, list] = {name: [] for name in (field.name for field in fields(Demonstrations))}
+    for episode in tqdm(range(n_episodes), desc="collecting", unit="episode", disable=not progress_bar):
+        obs, _ = env.reset(seed=None if seed is None else seed + episode)
+        done = False
+        first = True
+        while not done:
+            action = np.asarray(act(obs), dtype=np.float32).reshape(action_space.shape)
+            if action_noise > 0:
+                action = action + rng.normal(0.0, action_noise, size=action.shape) * half_width
+            action = np.clip(action, action_space.low, action_space.high).astype(np.float32)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            rows["observations"].append(_copy(obs))
+            rows["actions"].append(action)
+            rows["rewards"].append(float(reward))
+            rows["next_observations"].append(_copy(next_obs))
+            rows["terminations"].append(bool(terminated))
+            rows["truncations"].append(bool(truncated))
+            rows["episode_starts"].append(first)
+            first = False
+            done = terminated or truncated
+            obs = next_obs
+    return Demonstrations(
+        observations=_stack(rows.pop("observations")),
+        next_observations=_stack(rows.pop("next_observations")),
+        **{name: np.asarray(values) for name, values in rows.items()},
+    )
+
+
+def from_minari(dataset: Any, n_episodes: int | None = None) -> Demonstrations:
+    """
+    Read a Minari dataset that is already on this machine (nothing is downloaded).
+
+    :param dataset: a ``minari.MinariDataset`` or the id of a locally stored one
+    :param n_episodes: read at most this many episodes
+    :return: the demonstrations
+    :raises ImportError: when minari is not installed (``pip install sb3-flow[minari]``)
+    """
+    try:
+        import minari
+    except ImportError as error:
+        raise ImportError("from_minari needs the minari package: pip install 'sb3-flow[minari]'") from error
+    if isinstance(dataset, str):
+        dataset = minari.load_dataset(dataset, download=False)
+    parts = []
+    for episode_index, episode in enumerate(dataset.iterate_episodes()):
+        if n_episodes is not None and episode_index >= n_episodes:
+            break
+        length = len(episode.actions)
+        starts = np.zeros(length, dtype=bool)
+        starts[0] = True
+        parts.append(
+            Demonstrations(
+                observations=_index(episode.observations, slice(0, length)),
+                actions=episode.actions,
+                rewards=episode.rewards,
+                next_observations=_index(episode.observations, slice(1, length + 1)),
+                terminations=episode.terminations,
+                truncations=episode.truncations,
+                episode_starts=starts,
+            )
+        )
+    if not parts:
+        raise ValueError(f"The Minari dataset {getattr(dataset, 'id', dataset)!r} has no episodes")
+    return Demonstrations.concatenate(parts)

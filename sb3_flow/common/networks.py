@@ -1,0 +1,140 @@
+"""Networks shared by the flow policies: the time embedding and the velocity network."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch as th
+from torch import nn
+
+from sb3_flow.common.flow import GridStep
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """
+    ``[t, sin(2 pi f_i t), cos(2 pi f_i t)]`` with geometrically spaced frequencies f_i in [1, max_frequency]
+    (FPO uses an 8-d sin/cos embedding; FQL feeds the raw scalar, which is the first entry here).
+
+    :param embedding_dim: output size, odd: 1 raw entry plus (embedding_dim - 1) / 2 frequencies
+    :param max_frequency: the largest frequency
+    """
+
+    def __init__(self, embedding_dim: int = 17, max_frequency: float = 100.0):
+        super().__init__()
+        if embedding_dim < 3 or embedding_dim % 2 == 0:
+            raise ValueError(f"time embedding_dim must be an odd integer >= 3, got {embedding_dim}")
+        n_frequencies = (embedding_dim - 1) // 2
+        frequencies = th.exp(th.linspace(0.0, math.log(max_frequency), n_frequencies)) * 2.0 * math.pi
+        self.register_buffer("frequencies", frequencies, persistent=False)
+        self.embedding_dim = embedding_dim
+
+    def forward(self, t: th.Tensor) -> th.Tensor:
+        """
+        :param t: times of any shape
+        :return: shape (*t.shape, embedding_dim)
+        """
+        angles = t.unsqueeze(-1) * self.frequencies
+        return th.cat([t.unsqueeze(-1), th.sin(angles), th.cos(angles)], dim=-1)
+
+
+class VelocityNetwork(nn.Module):
+    """
+    MLP v(features, x, t) whose first layer is split into an observation half, an action half and a time half, so
+    that the observation half is computed once per action and not once per integration step.
+
+    :param features_dim: size of the observation features
+    :param action_dim: size of the (flattened) action
+    :param net_arch: hidden layer sizes (at least one)
+    :param activation_fn: activation class
+    :param time_embedding_dim: size of the sinusoidal time embedding
+    """
+
+    def __init__(
+        self,
+        features_dim: int,
+        action_dim: int,
+        net_arch: list[int],
+        activation_fn: type[nn.Module] = nn.GELU,
+        time_embedding_dim: int = 17,
+    ):
+        super().__init__()
+        if len(net_arch) == 0 or any(int(size) <= 0 for size in net_arch):
+            raise ValueError(f"net_arch must be a non-empty list of positive layer sizes, got {net_arch}")
+        first = net_arch[0]
+        self.time_embedding = SinusoidalTimeEmbedding(time_embedding_dim)
+        self.observation_projection = nn.Linear(features_dim, first)
+        self.action_projection = nn.Linear(action_dim, first, bias=False)
+        self.time_projection = nn.Linear(time_embedding_dim, first, bias=False)
+        layers: list[nn.Module] = [activation_fn()]
+        for in_size, out_size in itertools.pairwise(net_arch):
+            layers += [nn.Linear(in_size, out_size), activation_fn()]
+        layers.append(nn.Linear(net_arch[-1], action_dim))
+        self.trunk = nn.Sequential(*layers)
+        self._time_terms_cache: dict[int, tuple[th.Tensor, tuple[int, int, int], th.Tensor]] = {}
+
+    def time_terms(self, times: th.Tensor) -> th.Tensor:
+        """
+        Time half of the first layer for a 1-d tensor of times, shape (len(times), first_layer_size).
+
+        Sampling evaluates the same K grid times again and again, so without autograd the result is cached until the
+        weights change (an optimizer step or ``load_state_dict`` bumps the parameter's version counter).
+        """
+        if th.is_grad_enabled():
+            return self.time_projection(self.time_embedding(times))
+        weight = self.time_projection.weight
+        # Holding `times` in the entry keeps its id unique, so an identity check is enough (no device sync).
+        entry = self._time_terms_cache.get(id(times))
+        state = (times._version, weight.data_ptr(), weight._version)
+        if entry is not None and entry[0] is times and entry[1] == state:
+            return entry[2]
+        if len(self._time_terms_cache) >= 32:
+            self._time_terms_cache.clear()
+        terms = self.time_projection(self.time_embedding(times))
+        self._time_terms_cache[id(times)] = (times, state, terms)
+        return terms
+
+    def condition(self, features: th.Tensor) -> th.Tensor:
+        """Observation half of the first layer (bias included), shape (batch, first_layer_size)."""
+        return self.observation_projection(features)
+
+    def forward_conditioned(self, conditioning: th.Tensor, x: th.Tensor, t: th.Tensor) -> th.Tensor:
+        """
+        :param conditioning: output of :meth:`condition`, broadcastable against the action half
+        :param x: points on the path, shape (..., action_dim)
+        :param t: times, broadcastable against x.shape[:-1]
+        :return: velocities shaped like x
+        """
+        hidden = conditioning + self.action_projection(x) + self.time_projection(self.time_embedding(t))
+        return self.trunk(hidden)
+
+    def forward(self, features: th.Tensor, x: th.Tensor, t: th.Tensor) -> th.Tensor:
+        """Velocity for one (features, x, t) triple per row."""
+        return self.forward_conditioned(self.condition(features), x, t)
+
+
+class ConditionedVelocity:
+    """
+    The velocity field of one batch of observations, as :mod:`sb3_flow.common.flow` consumes it.
+
+    :param network: the velocity network
+    :param conditioning: the observation half of the first layer, shaped to broadcast against the x it will see
+    """
+
+    def __init__(self, network: VelocityNetwork, conditioning: th.Tensor):
+        self.network = network
+        self.conditioning = conditioning
+
+    def __call__(self, x: th.Tensor, t: th.Tensor) -> th.Tensor:
+        return self.network.forward_conditioned(self.conditioning, x, t)
+
+    def on_grid(self, times: th.Tensor) -> GridStep:
+        # Time-only terms of the first layer for every grid time in one call; each step is then one addmm.
+        network = self.network
+        time_terms = network.time_terms(times)
+        if self.conditioning.dim() != 2:
+            return lambda x, i: network.trunk(self.conditioning + network.action_projection(x) + time_terms[i])
+        first_layer_bases = (self.conditioning.unsqueeze(0) + time_terms.unsqueeze(1)).unbind(0)
+        action_weight_t = network.action_projection.weight.t()
+        trunk = network.trunk
+        return lambda x, i: trunk(th.addmm(first_layer_bases[i], x, action_weight_t))

@@ -1,0 +1,198 @@
+"""The README's main job: expert -> demonstrations -> behaviour cloning -> evaluation, as a table and a plot."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+
+from sb3_flow.bc import FlowBC, GaussianBC
+from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations
+from sb3_flow.common.experts import load_expert, pendulum_swing_up, train_expert
+
+
+@dataclass
+class DemoConfig:
+    """
+    Settings of ``sb3-flow demo``.
+
+    :param env_id: gymnasium environment id
+    :param expert: "sac", "ppo", "td3" (trained and cached), "scripted" (Pendulum only) or the path of a saved model
+    :param expert_algo: the algorithm of a saved expert model
+    :param expert_steps: training steps of a trained expert
+    :param n_episodes: demonstration episodes
+    :param action_noise: Gaussian action noise of the demonstrations (fraction of the action half-width)
+    :param bc_steps: gradient steps of each behaviour-cloning run
+    :param bc_learning_rate: learning rate of each behaviour-cloning run
+    :param n_eval_episodes: evaluation episodes per row
+    :param seed: random seed
+    :param out_dir: where the demonstrations, models, results.json and demo.png are written
+    :param cache_dir: expert cache folder (None: the default)
+    """
+
+    env_id: str = "Pendulum-v1"
+    expert: str = "sac"
+    expert_algo: str = "sac"
+    expert_steps: int = 20_000
+    n_episodes: int = 50
+    action_noise: float = 0.3
+    bc_steps: int = 5_000
+    bc_learning_rate: float = 1e-3
+    n_eval_episodes: int = 20
+    seed: int = 0
+    out_dir: str = "demo_output"
+    cache_dir: str | None = None
+
+
+@dataclass
+class DemoRow:
+    """One line of the demo table."""
+
+    name: str
+    mean_return: float
+    std_return: float
+    wall_seconds: float
+    notes: str = ""
+
+
+@dataclass
+class DemoResult:
+    """The rows, in order, and where the files went."""
+
+    config: DemoConfig
+    rows: list[DemoRow] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def get_expert(config: DemoConfig, progress_bar: bool = True) -> Any:
+    """The expert named by the config: a trained (cached) SB3 model, a loaded one, or the scripted controller."""
+    if config.expert == "scripted":
+        if config.env_id != "Pendulum-v1":
+            raise ValueError("the scripted expert only controls Pendulum-v1")
+        return pendulum_swing_up
+    if config.expert.lower() in ("sac", "ppo", "td3"):
+        return train_expert(
+            config.env_id, config.expert, config.expert_steps, config.seed, config.cache_dir, progress_bar=progress_bar
+        )
+    return load_expert(config.expert, config.expert_algo)
+
+
+def _evaluate(policy_or_model: Any, config: DemoConfig) -> tuple[float, float]:
+    env = Monitor(gym.make(config.env_id))
+    env.reset(seed=config.seed + 10_000)  # evaluation episodes differ from the demonstrations' episodes
+    if callable(policy_or_model) and not hasattr(policy_or_model, "predict"):
+        returns = []
+        for episode in range(config.n_eval_episodes):
+            obs, _ = env.reset(seed=config.seed + 10_000 + episode)
+            done, total = False, 0.0
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(policy_or_model(obs))
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+        return float(np.mean(returns)), float(np.std(returns))
+    mean, std = evaluate_policy(policy_or_model, env, n_eval_episodes=config.n_eval_episodes, deterministic=True)
+    return float(mean), float(std)
+
+
+def _timed(step: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = step()
+    return value, time.perf_counter() - start
+
+
+def run_demo(config: DemoConfig, progress_bar: bool = True, log: Callable[[str], None] = print) -> DemoResult:
+    """
+    Run the whole pipeline and write ``results.json`` and ``demo.png`` into ``config.out_dir``.
+
+    :param config: the settings
+    :param progress_bar: show progress bars
+    :param log: where progress lines go
+    :return: the table rows and file paths
+    """
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(config)
+
+    log(f"[1/4] expert: {config.expert} on {config.env_id}")
+    expert, seconds = _timed(lambda: get_expert(config, progress_bar))
+    mean, std = _evaluate(expert, config)
+    result.rows.append(DemoRow("expert", mean, std, seconds, f"{config.expert}"))
+
+    log(f"[2/4] demonstrations: {config.n_episodes} episodes, action noise {config.action_noise}")
+    demos, seconds = _timed(
+        lambda: collect_demonstrations(
+            config.env_id, expert, config.n_episodes, config.action_noise, seed=config.seed, progress_bar=progress_bar
+        )
+    )
+    demos_path = out_dir / "demos.npz"
+    demos.save(demos_path)
+    result.files["demonstrations"] = str(demos_path)
+    summary = demos.summary()
+    result.rows.append(
+        DemoRow("demonstrations", summary["mean_return"], summary["std_return"], seconds, f"{summary['n_transitions']} steps")
+    )
+
+    for index, (name, algorithm) in enumerate((("Gaussian BC", GaussianBC), ("Flow BC", FlowBC)), start=3):
+        log(f"[{index}/4] {name}: {config.bc_steps} gradient steps")
+        model, seconds = _timed(lambda algorithm=algorithm: _pretrain(algorithm, demos, config, progress_bar))
+        path = out_dir / f"{algorithm.__name__.lower()}.zip"
+        model.save(path)
+        result.files[name] = str(path)
+        mean, std = _evaluate(model.policy, config)
+        result.rows.append(DemoRow(name, mean, std, seconds, f"{config.bc_steps} gradient steps"))
+
+    result.files["results"] = str(out_dir / "results.json")
+    result.files["plot"] = str(out_dir / "demo.png")
+    Path(result.files["results"]).write_text(
+        json.dumps({"config": asdict(config), "rows": [asdict(row) for row in result.rows]}, indent=2)
+    )
+    plot_rows(result.rows, result.files["plot"], f"sb3-flow demo on {config.env_id}")
+    return result
+
+
+def _pretrain(algorithm: type, demos: Demonstrations, config: DemoConfig, progress_bar: bool) -> Any:
+    model = algorithm("MlpPolicy", config.env_id, demos, learning_rate=config.bc_learning_rate, seed=config.seed, device="cpu")
+    return model.learn(config.bc_steps, progress_bar=progress_bar)
+
+
+def format_table(rows: list[DemoRow]) -> str:
+    """The rows as a fixed-width text table."""
+    header = f"{'method':<22} {'return (mean ± std)':>22} {'wall s':>8}  notes"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        score = f"{row.mean_return:9.1f} ± {row.std_return:7.1f}"
+        lines.append(f"{row.name:<22} {score:>22} {row.wall_seconds:8.1f}  {row.notes}")
+    return "\n".join(lines)
+
+
+def plot_rows(rows: list[DemoRow], path: str, title: str) -> None:
+    """Bar chart of the rows' returns with their standard deviations, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
+    positions = np.arange(len(rows))
+    axes.bar(
+        positions,
+        [row.mean_return for row in rows],
+        yerr=[row.std_return for row in rows],
+        capsize=4,
+        color=["#555555", "#999999"] + ["#1f77b4"] * (len(rows) - 2),
+    )
+    axes.set_xticks(positions, [row.name for row in rows], rotation=20)
+    axes.set_ylabel("episode return")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

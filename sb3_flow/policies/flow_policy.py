@@ -1,0 +1,252 @@
+"""FlowPolicy: a flow-matching policy as an SB3 ``BasePolicy``, the base object every sb3-flow method consumes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor, NatureCNN
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+
+from sb3_flow.common.flow import (
+    INTEGRATION_METHODS,
+    FlowSample,
+    NoiseStdFn,
+    VelocityModifier,
+    check_n_flow_steps,
+    integrate,
+)
+from sb3_flow.common.flow import cfm_loss as flow_cfm_loss
+from sb3_flow.common.networks import ConditionedVelocity, VelocityNetwork
+from sb3_flow.policies.base import BoxActionPolicy
+
+
+class FlowPolicy(BoxActionPolicy):
+    """
+    Flow-matching policy: an SB3 features extractor followed by a velocity network v(s, x, t); an action is the
+    integral of v from Gaussian noise at t = 0 to t = 1 (Lipman et al., 2023; as a policy: Black et al., 2024, pi0).
+
+    Actions live in the normalized box [-1, 1] (SB3's ``scale_action`` / ``unscale_action``) and are clipped there
+    after integration, as every reference implementation does; ``predict`` returns them in the env's units.
+    ``deterministic=True`` integrates from zero noise (FPO++'s zero-sampling).
+
+    :param observation_space: observation space
+    :param action_space: a Box action space with finite bounds
+    :param lr_schedule: learning-rate schedule, for the optimizer
+    :param net_arch: hidden layer sizes of the velocity network
+    :param activation_fn: activation function class
+    :param time_embedding_dim: size of the sinusoidal time embedding (odd)
+    :param n_flow_steps: default number of integration steps K
+    :param integration_method: ``"euler"`` or ``"midpoint"``
+    :param features_extractor_class: SB3 features extractor class
+    :param features_extractor_kwargs: its keyword arguments
+    :param normalize_images: divide image observations by 255
+    :param optimizer_class: optimizer class
+    :param optimizer_kwargs: optimizer keyword arguments, besides the learning rate
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        net_arch: list[int] | None = None,
+        activation_fn: type[nn.Module] = nn.GELU,
+        time_embedding_dim: int = 17,
+        n_flow_steps: int = 10,
+        integration_method: str = "euler",
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        normalize_images: bool = True,
+        optimizer_class: type[th.optim.Optimizer] = th.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ):
+        check_n_flow_steps(n_flow_steps)
+        if integration_method not in INTEGRATION_METHODS:
+            raise ValueError(f"integration_method must be one of {INTEGRATION_METHODS}, got {integration_method!r}")
+        super().__init__(
+            observation_space,
+            action_space,
+            net_arch,
+            activation_fn,
+            features_extractor_class,
+            features_extractor_kwargs,
+            normalize_images,
+            optimizer_class,
+            optimizer_kwargs,
+        )
+        self.time_embedding_dim = time_embedding_dim
+        self.n_flow_steps = n_flow_steps
+        self.integration_method = integration_method
+        self._build(lr_schedule)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        self.features_extractor = self.make_features_extractor()
+        self.velocity_net = VelocityNetwork(
+            self.features_extractor.features_dim,
+            self.action_dim,
+            self.net_arch,
+            self.activation_fn,
+            self.time_embedding_dim,
+        )
+        self._build_extra_networks()
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _build_extra_networks(self) -> None:
+        """Subclasses add their networks here (e.g. a critic), before the optimizer is created over all parameters."""
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            time_embedding_dim=self.time_embedding_dim,
+            n_flow_steps=self.n_flow_steps,
+            integration_method=self.integration_method,
+        )
+        return data
+
+    def velocity_field(self, obs: PyTorchObs, n_draws: int | None = None) -> ConditionedVelocity:
+        """
+        The velocity field v(x, t) of a batch of observations; features are extracted once here.
+
+        :param obs: observations (tensors, not yet preprocessed)
+        :param n_draws: when set, the field expects x of shape (batch, n_draws, action_dim), as in the CFM loss
+        :return: a callable field accepted by :func:`sb3_flow.common.flow.integrate`
+        """
+        return self.velocity_field_from_features(self.extract_features(obs, self.features_extractor), n_draws)
+
+    def velocity_field_from_features(self, features: th.Tensor, n_draws: int | None = None) -> ConditionedVelocity:
+        """:meth:`velocity_field` for already extracted features (a caller that also needs them for a critic)."""
+        conditioning = self.velocity_net.condition(features)
+        if n_draws is not None:
+            conditioning = conditioning.unsqueeze(1)
+        return ConditionedVelocity(self.velocity_net, conditioning)
+
+    def initial_noise(self, batch_size: int, deterministic: bool = False) -> th.Tensor:
+        """x0 for a batch: N(0, I), or zeros when ``deterministic``."""
+        shape = (batch_size, self.action_dim)
+        if deterministic:
+            return th.zeros(shape, device=self.device)
+        return th.randn(shape, device=self.device)
+
+    def _check_noise(self, noise: th.Tensor, batch_size: int) -> th.Tensor:
+        noise = noise.to(self.device, dtype=th.float32).reshape(noise.shape[0], -1)
+        if noise.shape != (batch_size, self.action_dim):
+            raise ValueError(
+                f"initial noise must have shape (batch={batch_size}, action_dim={self.action_dim}), got {tuple(noise.shape)}"
+            )
+        return noise
+
+    def integrate(
+        self,
+        obs: PyTorchObs,
+        noise: th.Tensor | None = None,
+        n_steps: int | None = None,
+        deterministic: bool = False,
+        noise_std_fn: NoiseStdFn | None = None,
+        velocity_modifier: VelocityModifier | None = None,
+        step_noises: th.Tensor | None = None,
+        return_chain: bool = False,
+    ) -> FlowSample:
+        """
+        Integrate the flow for a batch of observations; the result is not clipped.
+
+        :param obs: observations (tensors)
+        :param noise: initial noise x0, shape (batch, action_dim); drawn (or zero when ``deterministic``) if None
+        :param n_steps: integration steps; ``self.n_flow_steps`` if None
+        :param deterministic: start from zero noise when ``noise`` is None
+        :param noise_std_fn: per-step noise hook (ReinFlow and SDE variants)
+        :param velocity_modifier: guidance hook (x, t, v) -> v'
+        :param step_noises: standard normal draws of the noisy transitions, shape (K, batch, action_dim)
+        :param return_chain: also return x_0 .. x_K
+        :return: a :class:`~sb3_flow.common.flow.FlowSample`
+        """
+        return self.integrate_field(
+            self.velocity_field(obs), noise, n_steps, deterministic, noise_std_fn, velocity_modifier, step_noises, return_chain
+        )
+
+    def integrate_field(
+        self,
+        field: ConditionedVelocity,
+        noise: th.Tensor | None = None,
+        n_steps: int | None = None,
+        deterministic: bool = False,
+        noise_std_fn: NoiseStdFn | None = None,
+        velocity_modifier: VelocityModifier | None = None,
+        step_noises: th.Tensor | None = None,
+        return_chain: bool = False,
+    ) -> FlowSample:
+        """:meth:`integrate` for a velocity field already conditioned on the observations."""
+        n_steps = self.n_flow_steps if n_steps is None else check_n_flow_steps(n_steps)
+        batch_size = field.conditioning.shape[0]
+        noise = self.initial_noise(batch_size, deterministic) if noise is None else self._check_noise(noise, batch_size)
+        return integrate(
+            field,
+            noise,
+            n_steps,
+            method=self.integration_method,
+            noise_std_fn=noise_std_fn,
+            velocity_modifier=velocity_modifier,
+            step_noises=step_noises,
+            return_chain=return_chain,
+        )
+
+    def sample(
+        self,
+        obs: PyTorchObs,
+        noise: th.Tensor | None = None,
+        n_steps: int | None = None,
+        deterministic: bool = False,
+        velocity_modifier: VelocityModifier | None = None,
+    ) -> th.Tensor:
+        """
+        Actions in the normalized box [-1, 1], shape (batch, action_dim).
+
+        :param obs: observations (tensors)
+        :param noise: explicit initial noise (DSRL steers through it); drawn if None
+        :param n_steps: integration steps; ``self.n_flow_steps`` if None
+        :param deterministic: start from zero noise when ``noise`` is None
+        :param velocity_modifier: guidance hook (x, t, v) -> v'
+        :return: clipped normalized actions
+        """
+        flow = self.integrate(obs, noise, n_steps, deterministic, velocity_modifier=velocity_modifier)
+        return flow.actions.clamp(-1.0, 1.0)
+
+    def cfm_loss(self, obs: PyTorchObs, actions: th.Tensor, times: th.Tensor, noises: th.Tensor) -> th.Tensor:
+        """
+        Per-(sample, draw) CFM loss of normalized actions on the given draws.
+
+        :param obs: observations (tensors)
+        :param actions: normalized actions, shape (batch, action_dim)
+        :param times: shape (batch, n_draws)
+        :param noises: shape (batch, n_draws, action_dim)
+        :return: shape (batch, n_draws)
+        """
+        field = self.velocity_field(obs, n_draws=times.shape[1])
+        return flow_cfm_loss(field, actions.reshape(actions.shape[0], -1), times, noises)
+
+    def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self.sample(obs, deterministic=deterministic)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        return self.sample(observation, deterministic=deterministic)
+
+
+class CnnFlowPolicy(FlowPolicy):
+    """FlowPolicy for image observations (SB3's NatureCNN features extractor); see :class:`FlowPolicy`."""
+
+    def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class MultiInputFlowPolicy(FlowPolicy):
+    """FlowPolicy for Dict observations (SB3's CombinedExtractor); see :class:`FlowPolicy`."""
+
+    def __init__(self, *args, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+MlpPolicy = FlowPolicy
+CnnPolicy = CnnFlowPolicy
+MultiInputPolicy = MultiInputFlowPolicy

@@ -1,0 +1,168 @@
+"""FlowPolicy: sampling, explicit noise, predict, the time-term cache, save/load, bad input."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+
+from sb3_flow.common.flow import integrate
+from sb3_flow.policies import CnnPolicy, FlowPolicy, MultiInputPolicy, load_flow_policy
+from tests.helpers import DictObsEnv
+
+
+def make_policy(n_flow_steps: int = 10, **kwargs) -> FlowPolicy:
+    env = gym.make("Pendulum-v1")
+    return FlowPolicy(env.observation_space, env.action_space, lambda _: 1e-3, n_flow_steps=n_flow_steps, **kwargs)
+
+
+def test_sample_shapes_clipping_and_deterministic_zero_noise():
+    th.manual_seed(0)
+    policy = make_policy(net_arch=[32, 32])
+    obs = th.randn(7, 3)
+    with th.no_grad():
+        actions = policy.sample(obs)
+        assert actions.shape == (7, 1) and actions.abs().max() <= 1.0
+        deterministic = policy.sample(obs, deterministic=True)
+        assert th.equal(deterministic, policy.sample(obs, noise=th.zeros(7, 1)))
+        assert th.equal(deterministic, policy.sample(obs, deterministic=True))
+        # Explicit noise is what is integrated: the same noise gives the same action, another noise another one.
+        noise = th.randn(7, 1)
+        assert th.equal(policy.sample(obs, noise=noise), policy.sample(obs, noise=noise))
+        assert not th.equal(policy.sample(obs, noise=noise), policy.sample(obs, noise=noise + 1.0))
+        # Unclipped integration can leave the box; sample() clips it back.
+        big = policy.integrate(obs, noise=th.full((7, 1), 10.0)).actions
+        assert big.abs().max() > 1.0
+        assert policy.sample(obs, noise=th.full((7, 1), 10.0)).abs().max() <= 1.0
+
+
+def test_fast_grid_path_equals_the_plain_field_and_cache_follows_weight_updates():
+    th.manual_seed(0)
+    policy = make_policy(n_flow_steps=5, net_arch=[16, 16])
+    obs, noise = th.randn(4, 3), th.randn(4, 1)
+    with th.no_grad():
+        field = policy.velocity_field(obs)
+        plain = integrate(lambda x, t: field(x, t), noise, 5).actions
+        fast = policy.integrate(obs, noise=noise).actions
+        assert th.allclose(plain, fast, atol=1e-6)
+    # An optimizer step changes the time projection: cached time terms must not survive it.
+    loss = policy.cfm_loss(obs, th.zeros(4, 1), th.rand(4, 2), th.randn(4, 2, 1)).mean()
+    policy.optimizer.zero_grad()
+    loss.backward()
+    policy.optimizer.step()
+    with th.no_grad():
+        field = policy.velocity_field(obs)
+        plain_after = integrate(lambda x, t: field(x, t), noise, 5).actions
+        assert th.allclose(plain_after, policy.integrate(obs, noise=noise).actions, atol=1e-6)
+        assert not th.allclose(plain_after, plain)
+    # load_state_dict updates weights in place: the cache must see that too.
+    other = make_policy(n_flow_steps=5, net_arch=[16, 16])
+    other.load_state_dict(policy.state_dict())
+    with th.no_grad():
+        assert th.allclose(other.sample(obs, noise=noise), policy.sample(obs, noise=noise), atol=1e-6)
+
+
+def test_observation_features_are_computed_once_per_action():
+    policy = make_policy(n_flow_steps=10, net_arch=[16])
+    calls = {"features": 0, "observation_projection": 0, "action_projection": 0}
+    policy.features_extractor.register_forward_hook(lambda *_: calls.__setitem__("features", calls["features"] + 1))
+    policy.velocity_net.observation_projection.register_forward_hook(
+        lambda *_: calls.__setitem__("observation_projection", calls["observation_projection"] + 1)
+    )
+    with th.no_grad():
+        policy.sample(th.randn(5, 3))
+    assert calls["features"] == 1 and calls["observation_projection"] == 1
+
+
+def test_gradients_flow_through_sampling_when_enabled():
+    policy = make_policy(n_flow_steps=3, net_arch=[16])
+    actions = policy.integrate(th.randn(2, 3), noise=th.randn(2, 1)).actions
+    actions.sum().backward()
+    assert policy.velocity_net.time_projection.weight.grad is not None
+    assert policy.velocity_net.time_projection.weight.grad.abs().sum() > 0
+
+
+def test_predict_single_and_batched_in_env_units():
+    th.manual_seed(0)
+    policy = make_policy(net_arch=[16])
+    single, _ = policy.predict(np.zeros(3, dtype=np.float32), deterministic=True)
+    assert single.shape == (1,)
+    batch, _ = policy.predict(np.zeros((4, 3), dtype=np.float32), deterministic=True)
+    assert batch.shape == (4, 1)
+    with th.no_grad():
+        normalized = policy.sample(th.zeros(1, 3), deterministic=True).numpy()
+    # Pendulum's box is [-2, 2]: predict unscales the normalized action.
+    assert np.allclose(single, 2.0 * normalized.reshape(1), atol=1e-6)
+    np.testing.assert_allclose(batch, np.repeat(single[None], 4, axis=0), atol=1e-6)
+
+
+def test_save_load_gives_identical_deterministic_actions(tmp_path):
+    policy = make_policy(net_arch=[32, 32], n_flow_steps=4, integration_method="midpoint")
+    path = tmp_path / "policy.pt"
+    policy.save(str(path))
+    loaded = FlowPolicy.load(path)
+    obs = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    assert loaded.n_flow_steps == 4 and loaded.integration_method == "midpoint"
+    np.testing.assert_array_equal(policy.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+
+
+def test_cnn_and_multi_input_policies_sample():
+    image_space = spaces.Box(0, 255, (3, 36, 36), np.uint8)  # channel-first, as SB3 algorithms feed it
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    cnn = CnnPolicy(image_space, action_space, lambda _: 1e-3, net_arch=[16], features_extractor_kwargs={"features_dim": 32})
+    action, _ = cnn.predict(image_space.sample(), deterministic=True)
+    assert action.shape == (2,)
+    env = DictObsEnv()
+    multi = MultiInputPolicy(env.observation_space, env.action_space, lambda _: 1e-3, net_arch=[16])
+    obs, _ = env.reset(seed=0)
+    action, _ = multi.predict(obs)
+    assert action.shape == (2,) and env.action_space.contains(action)
+
+
+def test_bad_input_errors(tmp_path):
+    box = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    with pytest.raises(TypeError, match="Box action space"):
+        FlowPolicy(box, spaces.Discrete(3), lambda _: 1e-3)
+    with pytest.raises(ValueError, match="finite action bounds"):
+        FlowPolicy(box, spaces.Box(-np.inf, np.inf, (1,), np.float32), lambda _: 1e-3)
+    for bad_steps in (0, -1):
+        with pytest.raises(ValueError, match="n_flow_steps"):
+            FlowPolicy(box, box, lambda _: 1e-3, n_flow_steps=bad_steps)
+    with pytest.raises(ValueError, match="integration_method"):
+        FlowPolicy(box, box, lambda _: 1e-3, integration_method="rk4")
+    policy = FlowPolicy(box, box, lambda _: 1e-3, net_arch=[8])
+    with pytest.raises(ValueError, match="initial noise must have shape"):
+        policy.sample(th.zeros(2, 3), noise=th.zeros(3, 3))
+    with pytest.raises(ValueError, match="n_flow_steps"):
+        policy.sample(th.zeros(2, 3), n_steps=0)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"this is not a policy")
+    with pytest.raises(ValueError, match="not a FlowPolicy"):
+        FlowPolicy.load(corrupt)
+    with pytest.raises(FileNotFoundError):
+        FlowPolicy.load(tmp_path / "missing.pt")
+
+
+def test_load_flow_policy_accepts_objects_models_and_paths(tmp_path):
+    from sb3_flow import FlowBC
+    from tests.helpers import BimodalEnv, bimodal_demonstrations
+
+    model = FlowBC("MlpPolicy", BimodalEnv(), bimodal_demonstrations(100), policy_kwargs={"net_arch": [8]})
+    assert load_flow_policy(model.policy) is model.policy
+    assert load_flow_policy(model) is model.policy
+    model.save(tmp_path / "bc.zip")
+    model.policy.save(str(tmp_path / "policy.pt"))
+    obs = np.zeros((2, 2), dtype=np.float32)
+    expected = model.predict(obs, deterministic=True)[0]
+    for source in (tmp_path / "bc.zip", str(tmp_path / "bc"), tmp_path / "policy.pt"):
+        loaded = load_flow_policy(source, observation_space=model.observation_space, action_space=model.action_space)
+        np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], expected)
+    pendulum = gym.make("Pendulum-v1")
+    with pytest.raises(ValueError, match="observation space"):
+        load_flow_policy(model, observation_space=pendulum.observation_space, action_space=pendulum.action_space)
+    with pytest.raises(ValueError, match="action space"):
+        load_flow_policy(model, observation_space=model.observation_space, action_space=pendulum.action_space)
+    with pytest.raises(TypeError, match="FlowPolicy"):
+        load_flow_policy(42)
+    with pytest.raises(FileNotFoundError):
+        load_flow_policy(tmp_path / "nothing.zip")
