@@ -66,6 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--action-noise", type=float, default=0.3, help="demonstration action noise")
     demo.add_argument("--bc-steps", type=int, default=5_000, help="gradient steps of each BC run")
     demo.add_argument("--bc-learning-rate", type=float, default=1e-3, help="learning rate of each BC run")
+    demo.add_argument("--finetune-steps", type=int, default=51_200, help="env steps of each fine-tuning row (0: none)")
     demo.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per row")
     demo.add_argument("--cache-dir", default=None, help="expert cache folder")
     demo.add_argument("--out-dir", default="demo_output", help="output folder")
@@ -141,6 +142,8 @@ def _demo(args: argparse.Namespace) -> int:
         n_episodes=args.episodes,
         action_noise=args.action_noise,
         bc_steps=args.bc_steps,
+        bc_learning_rate=args.bc_learning_rate,
+        finetune_steps=args.finetune_steps,
         n_eval_episodes=args.eval_episodes,
         seed=args.seed,
         out_dir=args.out_dir,

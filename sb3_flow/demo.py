@@ -11,12 +11,14 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from sb3_flow.bc import FlowBC, GaussianBC
 from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations
 from sb3_flow.common.experts import load_expert, pendulum_swing_up, train_expert
+from sb3_flow.fpo import FlowPPO
 
 
 @dataclass
@@ -32,6 +34,7 @@ class DemoConfig:
     :param action_noise: Gaussian action noise of the demonstrations (fraction of the action half-width)
     :param bc_steps: gradient steps of each behaviour-cloning run
     :param bc_learning_rate: learning rate of each behaviour-cloning run
+    :param finetune_steps: environment steps of each fine-tuning method (0: skip the fine-tuning rows)
     :param n_eval_episodes: evaluation episodes per row
     :param seed: random seed
     :param out_dir: where the demonstrations, models, results.json and demo.png are written
@@ -46,6 +49,7 @@ class DemoConfig:
     action_noise: float = 0.3
     bc_steps: int = 5_000
     bc_learning_rate: float = 1e-3
+    finetune_steps: int = 51_200
     n_eval_episodes: int = 20
     seed: int = 0
     out_dir: str = "demo_output"
@@ -141,14 +145,28 @@ def run_demo(config: DemoConfig, progress_bar: bool = True, log: Callable[[str],
         DemoRow("demonstrations", summary["mean_return"], summary["std_return"], seconds, f"{summary['n_transitions']} steps")
     )
 
+    pretrained = {}
     for index, (name, algorithm) in enumerate((("Gaussian BC", GaussianBC), ("Flow BC", FlowBC)), start=3):
         log(f"[{index}/4] {name}: {config.bc_steps} gradient steps")
         model, seconds = _timed(lambda algorithm=algorithm: _pretrain(algorithm, demos, config, progress_bar))
         path = out_dir / f"{algorithm.__name__.lower()}.zip"
         model.save(path)
         result.files[name] = str(path)
+        pretrained[name] = model
         mean, std = _evaluate(model.policy, config)
         result.rows.append(DemoRow(name, mean, std, seconds, f"{config.bc_steps} gradient steps"))
+
+    flow_bc = pretrained["Flow BC"]
+    for name, finetune in FINETUNERS.items():
+        if config.finetune_steps <= 0:
+            break
+        log(f"[fine-tune] {name}: {config.finetune_steps} environment steps from Flow BC")
+        tuned, seconds = _timed(lambda finetune=finetune: finetune(flow_bc, config, progress_bar))
+        path = out_dir / f"{name.split()[0].lower()}.zip"
+        tuned.save(path)
+        result.files[name] = str(path)
+        mean, std = _evaluate(tuned, config)
+        result.rows.append(DemoRow(name, mean, std, seconds, f"{config.finetune_steps} env steps"))
 
     result.files["results"] = str(out_dir / "results.json")
     result.files["plot"] = str(out_dir / "demo.png")
@@ -162,6 +180,21 @@ def run_demo(config: DemoConfig, progress_bar: bool = True, log: Callable[[str],
 def _pretrain(algorithm: type, demos: Demonstrations, config: DemoConfig, progress_bar: bool) -> Any:
     model = algorithm("MlpPolicy", config.env_id, demos, learning_rate=config.bc_learning_rate, seed=config.seed, device="cpu")
     return model.learn(config.bc_steps, progress_bar=progress_bar)
+
+
+def finetune_flow_ppo(base: Any, config: DemoConfig, progress_bar: bool) -> Any:
+    """FlowPPO from the Flow BC base with the settings of ``benchmarks/fpo_finetune_pendulum.py``."""
+    env = make_vec_env(config.env_id, n_envs=8, seed=config.seed)
+    model = FlowPPO(
+        "MlpPolicy", env, base_policy=base, n_steps=256, batch_size=256, n_epochs=10, gamma=0.9, learning_rate=3e-5,
+        critic_learning_rate=1e-3, critic_warmup_rollouts=3, clip_range=0.02, ratio_mode="per_sample", seed=config.seed,
+        device="cpu",
+    )  # fmt: skip
+    return model.learn(config.finetune_steps, progress_bar=progress_bar)
+
+
+# Fine-tuning rows of the demo, in order; each later method adds itself here.
+FINETUNERS: dict[str, Callable[[Any, DemoConfig, bool], Any]] = {"FlowPPO fine-tune": finetune_flow_ppo}
 
 
 def format_table(rows: list[DemoRow]) -> str:

@@ -73,6 +73,8 @@ def test_demo_prints_the_table_and_writes_results_and_plot(tmp_path, capsys):
             "3",
             "--bc-steps",
             "30",
+            "--finetune-steps",
+            "256",
             "--eval-episodes",
             "2",
             "--out-dir",
@@ -81,10 +83,12 @@ def test_demo_prints_the_table_and_writes_results_and_plot(tmp_path, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    for row in ("expert", "demonstrations", "Gaussian BC", "Flow BC"):
+    rows = ["expert", "demonstrations", "Gaussian BC", "Flow BC", "FlowPPO fine-tune"]
+    for row in rows:
         assert row in printed
     results = json.loads((out_dir / "results.json").read_text())
-    assert [row["name"] for row in results["rows"]] == ["expert", "demonstrations", "Gaussian BC", "Flow BC"]
+    assert [row["name"] for row in results["rows"]] == rows
+    assert results["config"]["finetune_steps"] == 256 and results["config"]["bc_steps"] == 30
     assert all(np.isfinite(row["mean_return"]) for row in results["rows"])
     assert (out_dir / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Demonstrations.load(out_dir / "demos.npz").n_episodes == 3

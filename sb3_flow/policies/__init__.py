@@ -1,3 +1,8 @@
+from sb3_flow.policies.actor_critic import (
+    CnnFlowActorCriticPolicy,
+    FlowActorCriticPolicy,
+    MultiInputFlowActorCriticPolicy,
+)
 from sb3_flow.policies.flow_policy import (
     CnnFlowPolicy,
     CnnPolicy,
@@ -10,12 +15,15 @@ from sb3_flow.policies.gaussian import CnnGaussianPolicy, GaussianPolicy, MultiI
 from sb3_flow.policies.loading import load_flow_policy
 
 __all__ = [
+    "CnnFlowActorCriticPolicy",
     "CnnFlowPolicy",
     "CnnGaussianPolicy",
     "CnnPolicy",
+    "FlowActorCriticPolicy",
     "FlowPolicy",
     "GaussianPolicy",
     "MlpPolicy",
+    "MultiInputFlowActorCriticPolicy",
     "MultiInputFlowPolicy",
     "MultiInputGaussianPolicy",
     "MultiInputPolicy",

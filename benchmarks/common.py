@@ -1,0 +1,107 @@
+"""Helpers shared by the benchmark scripts: paired evaluation, learning curves, machine description."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+def evaluate_on_starts(model: Any, env_id: str, n_starts: int = 50, vec_normalize: VecNormalize | None = None) -> float:
+    """
+    Mean deterministic return over ``n_starts`` episodes whose initial states are fixed (env i is reset with seed i),
+    the same for every method: a paired comparison. All episodes run at once in one VecEnv, so the policy is called
+    once per step for the whole batch.
+
+    :param model: anything with ``predict`` (SB3 model or policy)
+    :param env_id: environment id
+    :param n_starts: number of episodes / initial states
+    :param vec_normalize: training VecNormalize whose observation statistics the policy expects
+    """
+    env = make_vec_env(env_id, n_envs=n_starts, seed=0)
+    if vec_normalize is not None:
+        env = VecNormalize(env, training=False, norm_reward=False)
+        env.obs_rms = vec_normalize.obs_rms
+    mean, _ = evaluate_policy(model, env, n_eval_episodes=n_starts, deterministic=True)
+    env.close()
+    return float(mean)
+
+
+def learn_with_curve(
+    model: Any, total_timesteps: int, eval_every: int, env_id: str, n_starts: int = 50
+) -> tuple[list[tuple[int, float]], float]:
+    """
+    Train in chunks of ``eval_every`` steps, evaluating on fixed starts after each (and before the first).
+
+    :return: ([(timesteps, mean return)], training seconds excluding evaluation)
+    """
+    vec_normalize = model.get_vec_normalize_env()
+    curve = [(0, evaluate_on_starts(model, env_id, n_starts, vec_normalize))]
+    train_seconds = 0.0
+    while model.num_timesteps < total_timesteps:
+        start = time.perf_counter()
+        model.learn(eval_every, reset_num_timesteps=False)
+        train_seconds += time.perf_counter() - start
+        curve.append((model.num_timesteps, evaluate_on_starts(model, env_id, n_starts, vec_normalize)))
+        print(f"  {type(model).__name__} {model.num_timesteps}: {curve[-1][1]:.1f}", flush=True)
+    return curve, train_seconds
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark."""
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpus": __import__("os").cpu_count(),
+        "torch": th.__version__,
+        "torch_threads": th.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` with the machine description."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**payload, "machine": machine()}, indent=2, default=float))
+    print(f"\nwrote {out}")
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` of a list."""
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+
+
+def plot_curves(
+    curves: dict[str, list[list[tuple[int, float]]]], path: str, title: str, hlines: dict[str, float] | None = None
+) -> None:
+    """Mean ± std over seeds of each method's curve, plus optional horizontal reference lines, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for name, runs in curves.items():
+        steps = np.array([step for step, _ in runs[0]])
+        values = np.array([[value for _, value in run] for run in runs])
+        axes.plot(steps, values.mean(0), label=name)
+        axes.fill_between(steps, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
+    for name, value in (hlines or {}).items():
+        axes.axhline(value, linestyle="--", color="gray", linewidth=1)
+        axes.text(0, value, f" {name}", va="bottom", fontsize=8, color="gray")
+    axes.set_xlabel("environment steps")
+    axes.set_ylabel("return on fixed starts")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,425 @@
+"""FlowPPO: PPO for flow policies with FPO / FPO++ likelihood-ratio surrogates."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from stable_baselines3.common.utils import explained_variance
+from torch.nn import functional as F
+
+from sb3_flow.common.flow import TIME_SAMPLING_MODES, sample_times
+from sb3_flow.common.on_policy import FlowOnPolicyAlgorithm, check_finite_loss
+from sb3_flow.common.utils import FloatSchedule
+from sb3_flow.policies.actor_critic import (
+    CnnFlowActorCriticPolicy,
+    FlowActorCriticPolicy,
+    MultiInputFlowActorCriticPolicy,
+)
+from sb3_flow.policies.loading import BaseFlowPolicySource
+
+SelfFlowPPO = TypeVar("SelfFlowPPO", bound="FlowPPO")
+
+RATIO_MODES = ("per_action", "per_sample")
+TRUST_REGIONS = ("clip", "aspo")
+
+
+class FlowRolloutBufferSamples(NamedTuple):
+    observations: Any
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    times: th.Tensor
+    noises: th.Tensor
+    old_cfm_losses: th.Tensor
+
+
+class FPODrawsMixin:
+    """
+    Adds FPO's per-action (time, noise) draws and their old per-draw CFM losses to an SB3 rollout buffer.
+
+    The draws do not depend on the rollout, so they are made once the rollout is complete, together with the old
+    losses, before any gradient step: the same as making them at rollout time, without slowing the rollout down.
+    The buffer's ``actions`` are the pre-clip actions the flow generated (see FlowActorCriticPolicy).
+    """
+
+    buffer_size: int
+    n_envs: int
+    generator_ready: bool
+    device: th.device
+    old_cfm_losses: th.Tensor | None = None
+
+    def reset(self) -> None:
+        super().reset()  # type: ignore[misc]
+        self.old_cfm_losses = None
+
+    def prepare_draws(
+        self,
+        policy: FlowActorCriticPolicy,
+        n_draws: int,
+        time_sampling: str,
+        batch_size: int,
+    ) -> None:
+        """
+        Draw ``n_draws`` (t, noise) pairs per stored action and compute their CFM losses under ``policy``.
+
+        :param policy: the policy that collected the rollout, unchanged since
+        :param n_draws: N
+        :param time_sampling: "uniform" or "grid" (the policy's K-point grid)
+        :param batch_size: chunk size; equal to the training minibatch size so the numerics match
+        """
+        self.old_cfm_losses = None
+        if not self.generator_ready:
+            # SB3 flattens (n_steps, n_envs) into one axis lazily, when get() first runs: let it do so.
+            next(self.get(batch_size=1))  # type: ignore[attr-defined]
+        n_rows = self.buffer_size * self.n_envs
+        action_dim = self.actions.shape[-1]  # type: ignore[attr-defined]
+        self.draw_times = sample_times((n_rows, n_draws), time_sampling, policy.n_flow_steps, device=self.device)
+        self.draw_noises = th.randn((n_rows, n_draws, action_dim), device=self.device)
+        losses = []
+        with th.no_grad():
+            for start in range(0, n_rows, batch_size):
+                rows = np.arange(start, min(start + batch_size, n_rows))
+                samples = super()._get_samples(rows)  # type: ignore[misc]
+                losses.append(
+                    policy.cfm_loss(samples.observations, samples.actions, self.draw_times[rows], self.draw_noises[rows])
+                )
+        self.old_cfm_losses = th.cat(losses)
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> FlowRolloutBufferSamples:
+        samples = super()._get_samples(batch_inds, env)  # type: ignore[misc]
+        if self.old_cfm_losses is None:  # draws not made yet: prepare_draws() is flattening the buffer
+            return samples
+        rows = th.as_tensor(batch_inds, device=self.device)
+        return FlowRolloutBufferSamples(*samples, self.draw_times[rows], self.draw_noises[rows], self.old_cfm_losses[rows])
+
+
+class FlowRolloutBuffer(FPODrawsMixin, RolloutBuffer):
+    """SB3 RolloutBuffer with FPO's draws and old CFM losses."""
+
+
+class FlowDictRolloutBuffer(FPODrawsMixin, DictRolloutBuffer):
+    """SB3 DictRolloutBuffer with FPO's draws and old CFM losses."""
+
+
+def fpo_log_ratio(old_cfm_losses: th.Tensor, new_cfm_losses: th.Tensor, ratio_mode: str) -> th.Tensor:
+    """
+    FPO's stand-in for ``log pi_new(a|s) - log pi_old(a|s)``: the decrease of the CFM loss on the same draws.
+
+    :param old_cfm_losses: (batch, N) losses under the rollout policy
+    :param new_cfm_losses: (batch, N) losses under the current policy
+    :param ratio_mode: "per_action" (FPO: average over the N draws, one ratio per action) or "per_sample"
+        (FPO++: one ratio per draw)
+    :return: (batch,) or (batch, N)
+    """
+    if ratio_mode == "per_action":
+        return old_cfm_losses.mean(dim=1) - new_cfm_losses.mean(dim=1)
+    return old_cfm_losses - new_cfm_losses
+
+
+def trust_region_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: float, trust_region: str) -> th.Tensor:
+    """
+    Per-element surrogate objective to maximize.
+
+    :param ratio: likelihood-ratio estimates
+    :param advantages: broadcastable to ``ratio``
+    :param clip_range: epsilon
+    :param trust_region: "clip" (PPO) or "aspo" (FPO++: PPO clip where A > 0, the SPO penalty
+        ``A r - |A| (r - 1)^2 / (2 eps)`` where A < 0)
+    """
+    clipped = th.min(ratio * advantages, th.clamp(ratio, 1 - clip_range, 1 + clip_range) * advantages)
+    if trust_region == "clip":
+        return clipped
+    spo = ratio * advantages - advantages.abs() * (ratio - 1).pow(2) / (2 * clip_range)
+    return th.where(advantages >= 0, clipped, spo)
+
+
+class FlowPPO(FlowOnPolicyAlgorithm):
+    """
+    Flow Policy Optimization (McAllister et al., 2025, "Flow Matching Policy Gradients"; FPO++: "Flow Policy
+    Optimization++"): PPO where the intractable likelihood ratio of a flow policy is replaced by
+    ``exp(L_old - L_new)``, the exponentiated decrease of the conditional flow matching loss on N stored
+    (time, noise) draws per action. Exploration comes from the random initial noise of the flow; deterministic
+    prediction integrates from zero noise (FPO++ zero-sampling).
+
+    :param policy: "MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a FlowActorCriticPolicy class
+    :param env: environment or its id
+    :param learning_rate: actor learning rate (and critic's unless ``critic_learning_rate``), constant or schedule
+    :param n_steps: steps per environment per rollout
+    :param batch_size: minibatch size
+    :param n_epochs: passes over each rollout
+    :param gamma: discount factor
+    :param gae_lambda: GAE lambda
+    :param clip_range: PPO epsilon (FPO: 0.05; fine-tuning: 0.01-0.03)
+    :param clip_range_vf: value clipping (None: none)
+    :param normalize_advantage: normalize advantages per minibatch
+    :param vf_coef: value-loss weight (FPO: 0.25)
+    :param max_grad_norm: gradient-norm clipping
+    :param target_kl: stop an update's epochs early when the approximate KL exceeds it
+    :param n_mc_samples: N, (time, noise) draws per action (FPO: 8; FPO++ locomotion: 16)
+    :param ratio_mode: "per_action" (FPO) or "per_sample" (FPO++)
+    :param log_ratio_clamp: the log-ratio is clamped to [-c, c] before exp (FPO: 3; FPO++: 10)
+    :param trust_region: "clip" or "aspo" (FPO++'s asymmetric version; its authors advise "clip" when fine-tuning)
+    :param cfm_loss_clamp: per-draw CFM losses are clamped at this value (FPO++: 20; None: no clamp)
+    :param time_sampling: "grid" (the policy's K sampling times, as FPO does) or "uniform"
+    :param action_perturbation_std: std of Gaussian noise added to rollout actions in [-1, 1] units (FPO++: 0.02)
+    :param n_flow_steps: integration steps K of the policy (overrides ``policy_kwargs``)
+    :param base_policy: pretrained FlowPolicy (object, FlowBC model or path) to fine-tune
+    :param critic_warmup_rollouts: rollouts during which only the value function learns
+    :param critic_learning_rate: separate value-network learning rate (FPO++ fine-tuning: actor 1e-5, critic 1e-4)
+    :param base_regularization_coef: weight of the squared distance to the base policy's deterministic action
+    :param rollout_buffer_class: override the rollout buffer (must keep FPO's draws)
+    :param rollout_buffer_kwargs: its keyword arguments
+    :param stats_window_size: SB3 logging window
+    :param tensorboard_log: tensorboard folder
+    :param policy_kwargs: policy keyword arguments
+    :param verbose: verbosity
+    :param seed: random seed
+    :param device: "auto", "cpu" or "cuda"
+    :param _init_setup_model: build the networks now
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": FlowActorCriticPolicy,
+        "CnnPolicy": CnnFlowActorCriticPolicy,
+        "MultiInputPolicy": MultiInputFlowActorCriticPolicy,
+    }
+    rollout_buffer: FlowRolloutBuffer | FlowDictRolloutBuffer
+
+    def __init__(
+        self,
+        policy: str | type[FlowActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.05,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        vf_coef: float = 0.25,
+        max_grad_norm: float = 0.5,
+        target_kl: float | None = None,
+        n_mc_samples: int = 8,
+        ratio_mode: str = "per_action",
+        log_ratio_clamp: float = 3.0,
+        trust_region: str = "clip",
+        cfm_loss_clamp: float | None = 20.0,
+        time_sampling: str = "grid",
+        action_perturbation_std: float = 0.0,
+        n_flow_steps: int | None = None,
+        base_policy: BaseFlowPolicySource | None = None,
+        critic_warmup_rollouts: int = 0,
+        critic_learning_rate: float | Schedule | None = None,
+        base_regularization_coef: float = 0.0,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        self._check_options(n_mc_samples, ratio_mode, trust_region, time_sampling, log_ratio_clamp, cfm_loss_clamp)
+        if batch_size <= 1:
+            raise ValueError(f"batch_size must be > 1 (advantages are normalized per minibatch), got {batch_size}")
+        if not np.isfinite(action_perturbation_std) or action_perturbation_std < 0:
+            raise ValueError(f"action_perturbation_std must be a finite number >= 0, got {action_perturbation_std}")
+        policy_kwargs = dict(policy_kwargs or {})
+        if n_flow_steps is not None:
+            policy_kwargs["n_flow_steps"] = n_flow_steps
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=0.0,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            use_sde=False,
+            sde_sample_freq=-1,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            supported_action_spaces=None,
+            base_policy=base_policy,
+            critic_warmup_rollouts=critic_warmup_rollouts,
+            critic_learning_rate=critic_learning_rate,
+            base_regularization_coef=base_regularization_coef,
+        )
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.clip_range = clip_range
+        self.clip_range_vf = clip_range_vf
+        self.normalize_advantage = normalize_advantage
+        self.target_kl = target_kl
+        self.n_mc_samples = n_mc_samples
+        self.ratio_mode = ratio_mode
+        self.log_ratio_clamp = log_ratio_clamp
+        self.trust_region = trust_region
+        self.cfm_loss_clamp = cfm_loss_clamp
+        self.time_sampling = time_sampling
+        self.action_perturbation_std = action_perturbation_std
+        if _init_setup_model:
+            self._setup_model()
+
+    @staticmethod
+    def _check_options(
+        n_mc_samples: int,
+        ratio_mode: str,
+        trust_region: str,
+        time_sampling: str,
+        log_ratio_clamp: float,
+        cfm_loss_clamp: float | None,
+    ) -> None:
+        if isinstance(n_mc_samples, bool) or not isinstance(n_mc_samples, int) or n_mc_samples <= 0:
+            raise ValueError(f"n_mc_samples must be a positive integer, got {n_mc_samples!r}")
+        if ratio_mode not in RATIO_MODES:
+            raise ValueError(f"ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}")
+        if trust_region not in TRUST_REGIONS:
+            raise ValueError(f"trust_region must be one of {TRUST_REGIONS}, got {trust_region!r}")
+        if time_sampling not in TIME_SAMPLING_MODES:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLING_MODES}, got {time_sampling!r}")
+        if not np.isfinite(log_ratio_clamp) or log_ratio_clamp <= 0:
+            raise ValueError(f"log_ratio_clamp must be a finite number > 0, got {log_ratio_clamp}")
+        if cfm_loss_clamp is not None and (not np.isfinite(cfm_loss_clamp) or cfm_loss_clamp <= 0):
+            raise ValueError(f"cfm_loss_clamp must be a finite number > 0 or None, got {cfm_loss_clamp}")
+
+    def _setup_model(self) -> None:
+        if self.rollout_buffer_class is None:
+            dict_obs = isinstance(self.observation_space, spaces.Dict)
+            self.rollout_buffer_class = FlowDictRolloutBuffer if dict_obs else FlowRolloutBuffer
+        super()._setup_model()
+        self.policy.action_perturbation_std = self.action_perturbation_std
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None:
+            if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
+                raise ValueError("clip_range_vf must be positive (or None to disable value clipping)")
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+
+    def _clamped(self, cfm_losses: th.Tensor) -> th.Tensor:
+        return cfm_losses if self.cfm_loss_clamp is None else cfm_losses.clamp(max=self.cfm_loss_clamp)
+
+    def policy_ratio(self, samples: FlowRolloutBufferSamples) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """
+        Ratio estimates of a minibatch under the current policy.
+
+        :return: (ratio, log_ratio, new per-draw CFM losses); ratio is (batch,) or (batch, N) by ``ratio_mode``
+        """
+        new_losses = self.policy.cfm_loss(samples.observations, samples.actions, samples.times, samples.noises)
+        log_ratio = fpo_log_ratio(self._clamped(samples.old_cfm_losses), self._clamped(new_losses), self.ratio_mode)
+        log_ratio = log_ratio.clamp(-self.log_ratio_clamp, self.log_ratio_clamp)
+        return th.exp(log_ratio), log_ratio, new_losses
+
+    def train(self) -> None:
+        """One update: FPO's surrogate over ``n_epochs`` passes of minibatches of the last rollout."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)
+        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
+        self.rollout_buffer.prepare_draws(self.policy, self.n_mc_samples, self.time_sampling, self.batch_size)
+        warmup = self.in_critic_warmup
+
+        stats: dict[str, list[float]] = {key: [] for key in ("pg", "value", "ratio", "clip", "kl", "cfm", "reg")}
+        continue_training = True
+        for _epoch in range(self.n_epochs):
+            for samples in self.rollout_buffer.get(self.batch_size):
+                advantages = samples.advantages
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                values, _ = self.values_and_features(samples.observations)
+                if clip_range_vf is not None:
+                    values = samples.old_values + th.clamp(values - samples.old_values, -clip_range_vf, clip_range_vf)
+                value_loss = F.mse_loss(samples.returns, values)
+                loss = self.vf_coef * value_loss
+
+                if not warmup:
+                    ratio, log_ratio, new_losses = self.policy_ratio(samples)
+                    if ratio.dim() == 2:
+                        advantages = advantages.unsqueeze(1)
+                    policy_loss = -trust_region_surrogate(ratio, advantages, clip_range, self.trust_region).mean()
+                    loss = loss + policy_loss
+                    with th.no_grad():
+                        approx_kl = th.mean((ratio - 1) - log_ratio).item()
+                    stats["pg"].append(policy_loss.item())
+                    stats["ratio"].append(ratio.mean().item())
+                    stats["clip"].append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+                    stats["kl"].append(approx_kl)
+                    stats["cfm"].append(new_losses.mean().item())
+                    if self.reference_policy is not None:
+                        regularization = self.base_regularization(samples.observations)
+                        loss = loss + self.base_regularization_coef * regularization
+                        stats["reg"].append(regularization.item())
+                    if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                        continue_training = False
+                        if self.verbose >= 1:
+                            print(f"Early stopping at epoch {_epoch} due to reaching max kl: {approx_kl:.4f}")
+                        break
+                stats["value"].append(value_loss.item())
+                check_finite_loss(loss, type(self).__name__, "FlowPPO loss", self._n_updates)
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        self._record_train_stats(stats, warmup, clip_range)
+
+    def _record_train_stats(self, stats: dict[str, list[float]], warmup: bool, clip_range: float) -> None:
+        names = {
+            "pg": "policy_gradient_loss",
+            "value": "value_loss",
+            "ratio": "ratio",
+            "clip": "clip_fraction",
+            "kl": "approx_kl",
+            "cfm": "cfm_loss",
+            "reg": "base_regularization",
+        }
+        for key, name in names.items():
+            if stats[key]:
+                self.logger.record(f"train/{name}", float(np.mean(stats[key])))
+        flat_values = self.rollout_buffer.values.flatten()
+        flat_returns = self.rollout_buffer.returns.flatten()
+        self.logger.record("train/explained_variance", explained_variance(flat_values, flat_returns))
+        self.logger.record("train/critic_warmup", int(warmup))
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+
+    def learn(
+        self: SelfFlowPPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "FlowPPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfFlowPPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )

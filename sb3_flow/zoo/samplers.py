@@ -1,0 +1,62 @@
+"""Optuna samplers for sb3-flow's algorithms, in the RL-Zoo's (sampler, converter) form."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+NET_ARCHS = {"small": ([64, 64], [64, 64]), "medium": ([256, 256], [256, 256]), "large": ([256, 256, 256], [256, 256])}
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def sample_flow_ppo_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    Search space of FlowPPO: PPO's, plus FPO's number of (t, noise) draws, ratio mode, flow steps and a small clip
+    range (FPO's default is 0.05, fine-tuning uses 0.01-0.03).
+
+    :param trial: Optuna trial
+    :param n_actions: action dimension (unused)
+    :param n_envs: number of environments (unused)
+    :param additional_args: Zoo extras (unused)
+    :return: FlowPPO keyword arguments
+    """
+    sampled = {
+        "batch_size_pow": trial.suggest_int("batch_size_pow", 5, 9),
+        "n_steps_pow": trial.suggest_int("n_steps_pow", 6, 11),
+        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.001, 0.1, log=True),
+        "one_minus_gae_lambda": trial.suggest_float("one_minus_gae_lambda", 0.001, 0.1, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
+        "clip_range": trial.suggest_float("clip_range", 0.01, 0.2, log=True),
+        "n_epochs": trial.suggest_categorical("n_epochs", [5, 10, 20]),
+        "n_mc_samples": trial.suggest_categorical("n_mc_samples", [4, 8, 16]),
+        "ratio_mode": trial.suggest_categorical("ratio_mode", ["per_action", "per_sample"]),
+        "n_flow_steps": trial.suggest_categorical("n_flow_steps", [4, 10]),
+        "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
+        "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATIONS)),
+    }
+    # The Zoo's samplers return converted values; the converter is also used alone to reload a stored trial.
+    return convert_flow_ppo_params(sampled)
+
+
+def convert_flow_ppo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled values -> FlowPPO keyword arguments."""
+    hyperparams = dict(sampled_params)
+    hyperparams["gamma"] = 1 - hyperparams.pop("one_minus_gamma")
+    hyperparams["gae_lambda"] = 1 - hyperparams.pop("one_minus_gae_lambda")
+    for name in ("batch_size", "n_steps"):
+        if f"{name}_pow" in hyperparams:
+            hyperparams[name] = 2 ** hyperparams.pop(f"{name}_pow")
+    actor_arch, value_arch = NET_ARCHS[hyperparams.pop("net_arch")]
+    hyperparams["policy_kwargs"] = {
+        "net_arch": actor_arch,
+        "value_net_arch": value_arch,
+        "activation_fn": ACTIVATIONS[hyperparams.pop("activation_fn")],
+    }
+    return hyperparams
+
+
+SAMPLERS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "flow_ppo": (sample_flow_ppo_params, convert_flow_ppo_params),
+}

@@ -1,0 +1,234 @@
+"""FlowPPO: ratio at the start, learning, SB3 conformance, fine-tuning hand-off, numerics, bad input."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import IdentityEnvBox
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
+
+from sb3_flow import FlowBC
+from sb3_flow.fpo import FlowPPO
+from sb3_flow.fpo.fpo import fpo_log_ratio, trust_region_surrogate
+from tests.helpers import DictObsEnv, bimodal_demonstrations
+
+SMALL = {"net_arch": [32, 32], "value_net_arch": [32]}
+
+
+class Nop(BaseCallback):
+    def _on_step(self) -> bool:
+        return True
+
+
+def collect_one_rollout(model: FlowPPO) -> None:
+    model._setup_learn(model.n_steps * model.n_envs, None)
+    callback = Nop()
+    callback.init_callback(model)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+
+
+@pytest.mark.parametrize("ratio_mode", ["per_action", "per_sample"])
+def test_ratio_is_exactly_one_before_any_update(ratio_mode):
+    model = FlowPPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, seed=0, ratio_mode=ratio_mode, policy_kwargs=SMALL)
+    collect_one_rollout(model)
+    model.rollout_buffer.prepare_draws(model.policy, model.n_mc_samples, model.time_sampling, model.batch_size)
+    ratios = []
+    for samples in model.rollout_buffer.get(model.batch_size):
+        ratio, _log_ratio, _ = model.policy_ratio(samples)
+        assert ratio.shape == ((32,) if ratio_mode == "per_action" else (32, 8))
+        ratios.append(ratio.flatten())
+        assert samples.times.shape == (32, 8) and samples.noises.shape == (32, 8, 1)
+    ratios = th.cat(ratios)
+    assert th.equal(ratios, th.ones_like(ratios))
+    # The buffer keeps the pre-clip action the flow generated; the env got the clipped, unscaled one.
+    actions = model.rollout_buffer.actions
+    assert np.isfinite(actions).all()
+
+
+def test_ratio_moves_after_an_update_and_is_logged():
+    model = FlowPPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, seed=0, policy_kwargs=SMALL)
+    model.learn(64)
+    values = model.logger.name_to_value
+    assert values["train/ratio"] != 1.0 and values["train/approx_kl"] > 0
+    for key in ("train/clip_fraction", "train/cfm_loss", "train/explained_variance", "train/value_loss"):
+        assert key in values
+
+
+def test_surrogate_helpers():
+    old = th.tensor([[1.0, 3.0], [2.0, 2.0]])
+    new = th.tensor([[0.5, 2.5], [2.5, 2.5]])
+    assert th.allclose(fpo_log_ratio(old, new, "per_action"), th.tensor([0.5, -0.5]))
+    assert th.allclose(fpo_log_ratio(old, new, "per_sample"), th.tensor([[0.5, 0.5], [-0.5, -0.5]]))
+    ratio = th.tensor([1.5, 1.5, 0.5, 0.5])
+    advantages = th.tensor([1.0, -1.0, 1.0, -1.0])
+    clip = trust_region_surrogate(ratio, advantages, 0.2, "clip")
+    assert th.allclose(clip, th.tensor([1.2, -1.5, 0.5, -0.8]))
+    aspo = trust_region_surrogate(ratio, advantages, 0.2, "aspo")
+    # Positive advantages: PPO clip; negative: A r - |A| (r - 1)^2 / (2 eps)
+    assert th.allclose(aspo, th.tensor([1.2, -1.5 - 0.25 / 0.4, 0.5, -0.5 - 0.25 / 0.4]))
+
+
+def test_learns_identity_box_from_scratch():
+    env = IdentityEnvBox(eps=0.2, ep_length=100)
+    model = FlowPPO(
+        "MlpPolicy",
+        env,
+        n_steps=256,
+        batch_size=64,
+        learning_rate=1e-3,
+        gamma=0.0,
+        n_flow_steps=4,
+        seed=0,
+        policy_kwargs={"net_arch": [64, 64], "value_net_arch": [64]},
+    )
+    before, _ = evaluate_policy(model, IdentityEnvBox(eps=0.2, ep_length=100), n_eval_episodes=5, warn=False)
+    model.learn(4096)
+    after, _ = evaluate_policy(model, IdentityEnvBox(eps=0.2, ep_length=100), n_eval_episodes=10, warn=False)
+    assert before < 60 and after >= 90, (before, after)
+
+
+def test_save_load_identical_actions_and_parameters(tmp_path):
+    model = FlowPPO("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=16, n_epochs=1, seed=0, policy_kwargs=SMALL)
+    model.learn(32)
+    model.save(tmp_path / "flow_ppo")
+    loaded = FlowPPO.load(tmp_path / "flow_ppo", env=make_vec_env("Pendulum-v1", n_envs=1))
+    obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    for (name, a), (_, b) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items(), strict=True):
+        assert th.equal(a, b), name
+    assert loaded.n_mc_samples == model.n_mc_samples and loaded.clip_range(1.0) == 0.05
+    loaded.learn(32, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 64
+
+
+def test_predict_single_and_batched_and_deterministic_is_zero_noise():
+    model = FlowPPO("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs=SMALL)
+    single, _ = model.predict(np.zeros(3, dtype=np.float32), deterministic=True)
+    batch, _ = model.predict(np.zeros((4, 3), dtype=np.float32), deterministic=True)
+    assert single.shape == (1,) and batch.shape == (4, 1)
+    np.testing.assert_allclose(batch, np.repeat(single[None], 4, axis=0), atol=1e-6)
+    with th.no_grad():
+        zero_noise = model.policy.sample(th.zeros(1, 3), noise=th.zeros(1, 1)).numpy() * 2.0
+    np.testing.assert_allclose(single, zero_noise.reshape(1), atol=1e-6)
+    stochastic = np.stack([model.predict(np.zeros(3, dtype=np.float32))[0] for _ in range(10)])
+    assert stochastic.std() > 0
+
+
+def test_same_seed_same_run():
+    def run():
+        model = FlowPPO("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=16, n_epochs=2, seed=7, policy_kwargs=SMALL)
+        return model.learn(64)
+
+    a, b = run(), run()
+    for pa, pb in zip(a.policy.parameters(), b.policy.parameters(), strict=True):
+        assert th.equal(pa, pb)
+
+
+def test_multiple_envs_vecnormalize_callbacks_tensorboard_progress_bar(tmp_path):
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=4, seed=0))
+    model = FlowPPO(
+        "MlpPolicy", env, n_steps=16, batch_size=32, n_epochs=1, seed=0, policy_kwargs=SMALL, tensorboard_log=str(tmp_path)
+    )
+
+    class Count(BaseCallback):
+        calls = 0
+
+        def _on_step(self) -> bool:
+            Count.calls += 1
+            return True
+
+    model.learn(128, callback=Count(), progress_bar=True)
+    assert model.num_timesteps == 128 and Count.calls == 32  # once per vectorized step
+    assert env.obs_rms.count > 100  # VecNormalize saw the rollouts
+    assert list(tmp_path.glob("FlowPPO_1/events.out.tfevents.*"))
+
+
+def test_subproc_vec_env():
+    env = make_vec_env("Pendulum-v1", n_envs=2, vec_env_cls=SubprocVecEnv, seed=0)
+    try:
+        model = FlowPPO("MlpPolicy", env, n_steps=16, batch_size=16, n_epochs=1, seed=0, policy_kwargs=SMALL)
+        model.learn(32)
+        assert model.num_timesteps == 32
+    finally:
+        env.close()
+
+
+def test_dict_observations():
+    model = FlowPPO("MultiInputPolicy", DictObsEnv(), n_steps=32, batch_size=16, n_epochs=1, seed=0, policy_kwargs=SMALL)
+    model.learn(32)
+    obs, _ = DictObsEnv().reset(seed=0)
+    assert model.predict(obs)[0].shape == (2,)
+
+
+def test_fine_tuning_starts_from_the_base_policy_and_warmup_leaves_the_actor_alone(tmp_path):
+    from tests.helpers import BimodalEnv
+
+    bc = FlowBC("MlpPolicy", BimodalEnv(), bimodal_demonstrations(300), n_flow_steps=5, policy_kwargs={"net_arch": [16, 16]})
+    bc.learn(50)
+    bc.save(tmp_path / "base.zip")
+    for source in (bc, bc.policy, tmp_path / "base.zip"):
+        model = FlowPPO(
+            "MlpPolicy",
+            BimodalEnv(),
+            base_policy=source,
+            n_steps=32,
+            batch_size=16,
+            n_epochs=2,
+            seed=0,
+            critic_warmup_rollouts=1,
+            critic_learning_rate=1e-3,
+            base_regularization_coef=0.1,
+        )
+        assert model.policy.net_arch == [16, 16] and model.policy.n_flow_steps == 5
+        obs = np.random.default_rng(0).uniform(-1, 1, (6, 2)).astype(np.float32)
+        np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0], bc.predict(obs, deterministic=True)[0])
+    actor_before = [p.detach().clone() for p in model.policy.velocity_net.parameters()]
+    value_before = [p.detach().clone() for p in model.policy.value_net.parameters()]
+    model.learn(32)  # one rollout: critic warm-up
+    assert all(th.equal(a, b) for a, b in zip(actor_before, model.policy.velocity_net.parameters(), strict=True))
+    assert not all(th.equal(a, b) for a, b in zip(value_before, model.policy.value_net.parameters(), strict=True))
+    assert model.logger.name_to_value["train/critic_warmup"] == 1
+    assert model.policy.optimizer.param_groups[1]["lr"] == 1e-3
+    model.learn(32, reset_num_timesteps=False)  # second rollout: the actor learns, pulled toward the base
+    assert not all(th.equal(a, b) for a, b in zip(actor_before, model.policy.velocity_net.parameters(), strict=True))
+    assert "train/base_regularization" in model.logger.name_to_value
+    # The frozen reference policy is saved and restored with the model.
+    model.save(tmp_path / "tuned.zip")
+    loaded = FlowPPO.load(tmp_path / "tuned.zip", env=BimodalEnv())
+    for a, b in zip(model.reference_policy.parameters(), loaded.reference_policy.parameters(), strict=True):
+        assert th.equal(a, b)
+
+
+def test_non_finite_loss_stops_training_before_the_weights_change():
+    class NaNReward(gym.Wrapper):
+        def step(self, action):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            return obs, float("nan"), terminated, truncated, info
+
+    model = FlowPPO("MlpPolicy", NaNReward(gym.make("Pendulum-v1")), n_steps=32, batch_size=16, seed=0, policy_kwargs=SMALL)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    with pytest.raises(FloatingPointError, match="FlowPPO loss"):
+        model.learn(32)
+    assert all(th.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True))
+
+
+def test_bad_input_errors():
+    with pytest.raises(TypeError, match="Box action space"):
+        FlowPPO("MlpPolicy", "CartPole-v1")
+    with pytest.raises(ValueError, match="n_mc_samples"):
+        FlowPPO("MlpPolicy", "Pendulum-v1", n_mc_samples=0)
+    with pytest.raises(ValueError, match="ratio_mode"):
+        FlowPPO("MlpPolicy", "Pendulum-v1", ratio_mode="mean")
+    with pytest.raises(ValueError, match="trust_region"):
+        FlowPPO("MlpPolicy", "Pendulum-v1", trust_region="kl")
+    with pytest.raises(ValueError, match="n_flow_steps"):
+        FlowPPO("MlpPolicy", "Pendulum-v1", n_flow_steps=0)
+    with pytest.raises(ValueError, match="log_ratio_clamp"):
+        FlowPPO("MlpPolicy", "Pendulum-v1", log_ratio_clamp=float("inf"))
+    with pytest.raises(ValueError, match="observation space"):
+        FlowPPO("MlpPolicy", "Pendulum-v1", base_policy=FlowPPO("MultiInputPolicy", DictObsEnv(), policy_kwargs=SMALL).policy)
+    with pytest.raises(FileNotFoundError):
+        FlowPPO("MlpPolicy", "Pendulum-v1", base_policy="missing_base.zip")

@@ -1,0 +1,93 @@
+"""RL-Zoo entry point: registration, train, enjoy, and tune with two workers sharing one journal storage."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+pytest.importorskip("rl_zoo3")
+
+from sb3_flow.fpo import FlowPPO  # noqa: E402
+from sb3_flow.zoo import config_dir, default_config_args, main, register  # noqa: E402
+from sb3_flow.zoo.samplers import sample_flow_ppo_params  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# Small runs: the YAML's 8 environments become 2, rollouts and minibatches shrink.
+SMALL = ["--hyperparams", "n_envs:2", "n_steps:64", "batch_size:64", "n_epochs:2"]
+
+
+def test_register_adds_algorithms_and_samplers():
+    from rl_zoo3 import ALGOS
+    from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
+
+    register()
+    assert ALGOS["flow_ppo"] is FlowPPO
+    assert "flow_ppo" in HYPERPARAMS_SAMPLER and "flow_ppo" in HYPERPARAMS_CONVERTER
+    assert default_config_args(["--algo", "flow_ppo", "--env", "Pendulum-v1"]) == [
+        "--conf-file",
+        str(config_dir() / "flow_ppo.yml"),
+    ]
+    assert default_config_args(["--algo", "flow_ppo", "--conf-file", "mine.yml"]) == []
+    assert default_config_args(["--algo", "ppo"]) == []
+
+
+def test_sampled_hyperparameters_build_a_model():
+    trial = optuna.trial.FixedTrial(
+        {
+            "batch_size_pow": 5,
+            "n_steps_pow": 6,
+            "one_minus_gamma": 0.01,
+            "one_minus_gae_lambda": 0.05,
+            "learning_rate": 1e-3,
+            "clip_range": 0.05,
+            "n_epochs": 5,
+            "n_mc_samples": 4,
+            "ratio_mode": "per_sample",
+            "n_flow_steps": 4,
+            "net_arch": "small",
+            "activation_fn": "relu",
+        }
+    )
+    params = sample_flow_ppo_params(trial, 1, 1, {})
+    assert params["batch_size"] == 32 and params["n_steps"] == 64 and abs(params["gamma"] - 0.99) < 1e-9
+    model = FlowPPO("MlpPolicy", "Pendulum-v1", **params)
+    assert model.policy.n_flow_steps == 4 and model.n_mc_samples == 4 and model.policy.net_arch == [64, 64]
+
+
+def test_train_then_enjoy(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["train", "--algo", "flow_ppo", "--env", "Pendulum-v1", "-n", "256", "--seed", "0", "-f", "logs", *SMALL])
+    saved = tmp_path / "logs" / "flow_ppo" / "Pendulum-v1_1" / "Pendulum-v1.zip"
+    assert saved.is_file()
+    model = FlowPPO.load(saved)
+    assert model.num_timesteps == 256 and model.clip_range(1.0) == 0.05  # the YAML's clip range
+    main(["enjoy", "--algo", "flow_ppo", "--env", "Pendulum-v1", "-f", "logs", "--no-render", "-n", "20"])
+
+
+def test_tune_with_two_workers_sharing_a_journal(tmp_path):
+    storage = tmp_path / "study.log"
+    command = [
+        sys.executable, "-m", "sb3_flow.zoo", "tune", "--algo", "flow_ppo", "--env", "Pendulum-v1", "-n", "512",
+        "--n-trials", "2", "--storage", str(storage), "--study-name", "flow_ppo_test", "--sampler", "random",
+        "--pruner", "none", "--n-evaluations", "1", "--eval-episodes", "1", "-f", str(tmp_path / "logs"),
+        "--hyperparams", "n_envs:1",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    workers = [
+        subprocess.Popen(
+            [*command, "--seed", str(seed)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        for seed in (1, 2)
+    ]
+    outputs = [worker.communicate(timeout=400)[0].decode() for worker in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-3000:]
+    study = optuna.load_study(
+        study_name="flow_ppo_test",
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage))),
+    )
+    complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) >= 4, [(trial.number, trial.state) for trial in study.trials]
