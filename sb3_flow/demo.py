@@ -11,6 +11,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
@@ -18,7 +19,9 @@ from stable_baselines3.common.monitor import Monitor
 from sb3_flow.bc import FlowBC, GaussianBC
 from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations
 from sb3_flow.common.experts import load_expert, pendulum_swing_up, train_expert
+from sb3_flow.dsrl import DSRLNA
 from sb3_flow.fpo import FlowPPO
+from sb3_flow.wrappers import VecNoiseActionWrapper, VecResidualActionWrapper, zero_init_residual
 
 
 @dataclass
@@ -34,7 +37,8 @@ class DemoConfig:
     :param action_noise: Gaussian action noise of the demonstrations (fraction of the action half-width)
     :param bc_steps: gradient steps of each behaviour-cloning run
     :param bc_learning_rate: learning rate of each behaviour-cloning run
-    :param finetune_steps: environment steps of each fine-tuning method (0: skip the fine-tuning rows)
+    :param finetune_steps: environment steps of each on-policy fine-tuning method (0: skip those rows)
+    :param steering_steps: environment steps of each steering method, SAC-based (0: skip those rows)
     :param n_eval_episodes: evaluation episodes per row
     :param seed: random seed
     :param out_dir: where the demonstrations, models, results.json and demo.png are written
@@ -50,6 +54,7 @@ class DemoConfig:
     bc_steps: int = 5_000
     bc_learning_rate: float = 1e-3
     finetune_steps: int = 51_200
+    steering_steps: int = 3_000
     n_eval_episodes: int = 20
     seed: int = 0
     out_dir: str = "demo_output"
@@ -157,16 +162,17 @@ def run_demo(config: DemoConfig, progress_bar: bool = True, log: Callable[[str],
         result.rows.append(DemoRow(name, mean, std, seconds, f"{config.bc_steps} gradient steps"))
 
     flow_bc = pretrained["Flow BC"]
-    for name, finetune in FINETUNERS.items():
-        if config.finetune_steps <= 0:
-            break
-        log(f"[fine-tune] {name}: {config.finetune_steps} environment steps from Flow BC")
-        tuned, seconds = _timed(lambda finetune=finetune: finetune(flow_bc, config, progress_bar))
+    for name, (finetune, budget) in FINETUNERS.items():
+        steps = getattr(config, budget)
+        if steps <= 0:
+            continue
+        log(f"[fine-tune] {name}: {steps} environment steps from Flow BC")
+        tuned, seconds = _timed(lambda finetune=finetune, steps=steps: finetune(flow_bc, config, steps, progress_bar))
         path = out_dir / f"{name.split()[0].lower()}.zip"
-        tuned.save(path)
+        tuned.model.save(path)
         result.files[name] = str(path)
-        mean, std = _evaluate(tuned, config)
-        result.rows.append(DemoRow(name, mean, std, seconds, f"{config.finetune_steps} env steps"))
+        mean, std = evaluate_policy(tuned.model, tuned.eval_env, n_eval_episodes=config.n_eval_episodes, deterministic=True)
+        result.rows.append(DemoRow(name, float(mean), float(std), seconds, f"{steps} env steps"))
 
     result.files["results"] = str(out_dir / "results.json")
     result.files["plot"] = str(out_dir / "demo.png")
@@ -182,7 +188,20 @@ def _pretrain(algorithm: type, demos: Demonstrations, config: DemoConfig, progre
     return model.learn(config.bc_steps, progress_bar=progress_bar)
 
 
-def finetune_flow_ppo(base: Any, config: DemoConfig, progress_bar: bool) -> Any:
+@dataclass
+class Tuned:
+    """A fine-tuned agent and the environment to evaluate it in (wrapped like its training environment)."""
+
+    model: Any
+    eval_env: Any
+
+
+def _eval_env(config: DemoConfig, wrap: Callable[[Any], Any] | None = None) -> Any:
+    env = make_vec_env(config.env_id, n_envs=1, seed=config.seed + 10_000)
+    return env if wrap is None else wrap(env)
+
+
+def finetune_flow_ppo(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
     """FlowPPO from the Flow BC base with the settings of ``benchmarks/fpo_finetune_pendulum.py``."""
     env = make_vec_env(config.env_id, n_envs=8, seed=config.seed)
     model = FlowPPO(
@@ -190,11 +209,38 @@ def finetune_flow_ppo(base: Any, config: DemoConfig, progress_bar: bool) -> Any:
         critic_learning_rate=1e-3, critic_warmup_rollouts=3, clip_range=0.02, ratio_mode="per_sample", seed=config.seed,
         device="cpu",
     )  # fmt: skip
-    return model.learn(config.finetune_steps, progress_bar=progress_bar)
+    return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config))
 
 
-# Fine-tuning rows of the demo, in order; each later method adds itself here.
-FINETUNERS: dict[str, Callable[[Any, DemoConfig, bool], Any]] = {"FlowPPO fine-tune": finetune_flow_ppo}
+def steer_dsrl(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
+    """SAC in the Flow BC base's noise space (DSRL)."""
+    wrap = lambda env: VecNoiseActionWrapper(env, base.policy, noise_bound=1.5)  # noqa: E731
+    model = SAC("MlpPolicy", wrap(make_vec_env(config.env_id, seed=config.seed)), learning_rate=1e-3, seed=config.seed)
+    return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config, wrap))
+
+
+def steer_dsrl_na(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
+    """DSRL-NA around the Flow BC base."""
+    model = DSRLNA("MlpPolicy", config.env_id, base_policy=base.policy, learning_rate=1e-3, seed=config.seed, device="cpu")
+    return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config))
+
+
+def steer_residual(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
+    """Residual SAC around the Flow BC base, starting at exactly zero correction."""
+    wrap = lambda env: VecResidualActionWrapper(env, base.policy, append_base_action=True)  # noqa: E731
+    model = SAC("MlpPolicy", wrap(make_vec_env(config.env_id, seed=config.seed)), learning_rate=1e-3, seed=config.seed)
+    zero_init_residual(model)
+    return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config, wrap))
+
+
+# Fine-tuning rows of the demo, in order, with the config field that holds their step budget; later methods add
+# themselves here.
+FINETUNERS: dict[str, tuple[Callable[[Any, DemoConfig, int, bool], Tuned], str]] = {
+    "FlowPPO fine-tune": (finetune_flow_ppo, "finetune_steps"),
+    "DSRL (SAC)": (steer_dsrl, "steering_steps"),
+    "DSRL-NA": (steer_dsrl_na, "steering_steps"),
+    "Residual SAC": (steer_residual, "steering_steps"),
+}
 
 
 def format_table(rows: list[DemoRow]) -> str:

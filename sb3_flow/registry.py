@@ -11,11 +11,17 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 
 from sb3_flow.bc import FlowBC, GaussianBC
+from sb3_flow.dsrl import DSRLNA
 from sb3_flow.fpo import FlowPPO
 from sb3_flow.policies import FlowPolicy, GaussianPolicy
 
 # sb3-flow's own algorithms; each later algorithm adds itself here.
-SB3_FLOW_ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"flow_bc": FlowBC, "gaussian_bc": GaussianBC, "flow_ppo": FlowPPO}
+SB3_FLOW_ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
+    "flow_bc": FlowBC,
+    "gaussian_bc": GaussianBC,
+    "flow_ppo": FlowPPO,
+    "dsrl_na": DSRLNA,
+}
 SB3_ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "td3": TD3, "a2c": A2C, "ddpg": DDPG}
 POLICY_CLASSES: tuple[type[BasePolicy], ...] = (FlowPolicy, GaussianPolicy)
 

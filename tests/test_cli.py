@@ -75,6 +75,8 @@ def test_demo_prints_the_table_and_writes_results_and_plot(tmp_path, capsys):
             "30",
             "--finetune-steps",
             "256",
+            "--steering-steps",
+            "120",
             "--eval-episodes",
             "2",
             "--out-dir",
@@ -83,7 +85,7 @@ def test_demo_prints_the_table_and_writes_results_and_plot(tmp_path, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    rows = ["expert", "demonstrations", "Gaussian BC", "Flow BC", "FlowPPO fine-tune"]
+    rows = ["expert", "demonstrations", "Gaussian BC", "Flow BC", "FlowPPO fine-tune", "DSRL (SAC)", "DSRL-NA", "Residual SAC"]
     for row in rows:
         assert row in printed
     results = json.loads((out_dir / "results.json").read_text())

@@ -91,3 +91,57 @@ def test_tune_with_two_workers_sharing_a_journal(tmp_path):
     )
     complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) >= 4, [(trial.number, trial.state) for trial in study.trials]
+
+
+@pytest.mark.parametrize("config", ["sac_dsrl.yml", "sac_residual.yml"])
+def test_wrappers_from_a_yaml_env_wrapper_entry(tmp_path, monkeypatch, config):
+    from sb3_flow import FlowBC
+    from sb3_flow.common.demonstrations import collect_demonstrations
+    from sb3_flow.common.experts import pendulum_swing_up
+
+    monkeypatch.chdir(tmp_path)
+    demos = collect_demonstrations("Pendulum-v1", pendulum_swing_up, 1, seed=0)
+    FlowBC("MlpPolicy", "Pendulum-v1", demos, policy_kwargs={"net_arch": [8]}).learn(5).save("flow_bc.zip")
+    main(
+        [
+            "train", "--algo", "sac", "--env", "Pendulum-v1", "--conf-file", str(config_dir() / config), "-n", "120",
+            "--seed", "0", "-f", "logs", "--hyperparams", "learning_starts:60",
+        ]
+    )  # fmt: skip
+    from stable_baselines3 import SAC
+
+    model = SAC.load(tmp_path / "logs" / "sac" / "Pendulum-v1_1" / "Pendulum-v1.zip")
+    # The agent acted in the wrapper's [-1, 1] space, not Pendulum's [-2, 2] torque box.
+    assert float(model.action_space.high[0]) == 1.0
+    expected_obs_dim = 4 if config == "sac_residual.yml" else 3
+    assert model.observation_space.shape == (expected_obs_dim,)
+
+
+def test_dsrl_na_train_then_enjoy_reattaches_the_base_from_its_path(tmp_path, monkeypatch):
+    from sb3_flow import FlowBC
+    from sb3_flow.common.demonstrations import collect_demonstrations
+    from sb3_flow.common.experts import pendulum_swing_up
+    from sb3_flow.dsrl import DSRLNA
+
+    monkeypatch.chdir(tmp_path)
+    demos = collect_demonstrations("Pendulum-v1", pendulum_swing_up, 1, seed=0)
+    FlowBC("MlpPolicy", "Pendulum-v1", demos, policy_kwargs={"net_arch": [8]}).learn(5).save("flow_bc.zip")
+    main(
+        [
+            "train",
+            "--algo",
+            "dsrl_na",
+            "--env",
+            "Pendulum-v1",
+            "-n",
+            "120",
+            "-f",
+            "logs",
+            "--hyperparams",
+            "learning_starts:60",
+        ]
+    )
+    saved = tmp_path / "logs" / "dsrl_na" / "Pendulum-v1_1" / "Pendulum-v1.zip"
+    model = DSRLNA.load(saved)  # no base_policy argument: re-attached from the recorded path
+    assert model.base_policy_path == str(tmp_path / "flow_bc.zip") and model.num_timesteps == 120
+    main(["enjoy", "--algo", "dsrl_na", "--env", "Pendulum-v1", "-f", "logs", "--no-render", "-n", "20"])

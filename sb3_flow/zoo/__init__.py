@@ -14,14 +14,15 @@ from typing import Any
 
 from sb3_flow.zoo.samplers import SAMPLERS
 
-ZOO_ALGORITHMS = ("flow_ppo",)
+ZOO_ALGORITHMS = ("flow_ppo", "dsrl_na")
 
 
 def zoo_algorithms() -> dict[str, type]:
     """sb3-flow algorithms offered to the Zoo, by Zoo name."""
+    from sb3_flow.dsrl import DSRLNA
     from sb3_flow.fpo import FlowPPO
 
-    return {"flow_ppo": FlowPPO}
+    return {"flow_ppo": FlowPPO, "dsrl_na": DSRLNA}
 
 
 def register() -> None:
@@ -35,6 +36,9 @@ def register() -> None:
     for name, (sampler, converter) in SAMPLERS.items():
         hyperparams_opt.HYPERPARAMS_SAMPLER[name] = sampler
         hyperparams_opt.HYPERPARAMS_CONVERTER[name] = converter
+    # DSRL-NA is SAC in the noise space: SAC's search space applies as it is.
+    hyperparams_opt.HYPERPARAMS_SAMPLER["dsrl_na"] = hyperparams_opt.HYPERPARAMS_SAMPLER["sac"]
+    hyperparams_opt.HYPERPARAMS_CONVERTER["dsrl_na"] = hyperparams_opt.HYPERPARAMS_CONVERTER["sac"]
 
 
 def config_dir() -> Path:

@@ -1,0 +1,283 @@
+"""Residual RL around a frozen flow policy: ``a = clip(a_base + scale * r)`` with the agent's ``r`` in [-1, 1]
+(Policy Decorator, Yuan et al., 2024; ResiP, Ankile et al., 2024; ResFiT). Any SB3 algorithm trains the residual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+from torch import nn
+
+from sb3_flow.common.utils import check_box_action_space, check_positive_finite
+from sb3_flow.policies.loading import BaseFlowPolicySource, load_flow_policy
+
+BASE_NOISE_MODES = ("zero", "random")
+BASE_ACTION_KEY = "base_action"
+
+
+class ResidualCore:
+    """
+    What the gym and VecEnv residual wrappers share: base actions for a batch, the observation with the base action
+    appended, the progressive-exploration schedule and the combination of base and residual.
+
+    :param observation_space: the environment's observation space
+    :param action_space: the environment's Box action space
+    :param base_policy: FlowPolicy, FlowBC model or path
+    :param residual_scale: the largest correction, in normalized [-1, 1] action units (0.03-0.3; 0.1 default)
+    :param append_base_action: show the agent the base action (ResiP, ResFiT): appended to a flat Box observation,
+        or as a ``"base_action"`` entry of a Dict observation
+    :param base_noise: "zero" (the base policy's deterministic action) or "random" (a fresh N(0, I) initial noise)
+    :param progressive_steps: H of Policy Decorator's progressive exploration: the residual is applied with
+        probability min(1, steps / H) (0: always)
+    :param seed: seed of the progressive-exploration draws
+    :param device: device of the base policy
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        base_policy: BaseFlowPolicySource,
+        residual_scale: float,
+        append_base_action: bool,
+        base_noise: str,
+        progressive_steps: int,
+        seed: int | None,
+        device: str,
+    ):
+        check_box_action_space(action_space, "ResidualActionWrapper")
+        self.residual_scale = check_positive_finite(residual_scale, "residual_scale")
+        if base_noise not in BASE_NOISE_MODES:
+            raise ValueError(f"base_noise must be one of {BASE_NOISE_MODES}, got {base_noise!r}")
+        if isinstance(progressive_steps, bool) or not isinstance(progressive_steps, int) or progressive_steps < 0:
+            raise ValueError(f"progressive_steps must be an integer >= 0, got {progressive_steps!r}")
+        self.base_policy = load_flow_policy(base_policy, device, observation_space, action_space)
+        self.base_policy.set_training_mode(False)
+        self.base_noise = base_noise
+        self.append_base_action = append_base_action
+        self.progressive_steps = progressive_steps
+        self.noise_generator = th.Generator(device=self.base_policy.device)
+        self.reseed(seed)
+        self.n_steps = 0
+        action_dim = self.base_policy.action_dim
+        self.agent_action_space = spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
+        self.observation_space = (
+            self._augmented_space(observation_space, action_dim) if append_base_action else observation_space
+        )
+
+    @staticmethod
+    def _augmented_space(space: spaces.Space, action_dim: int) -> spaces.Space:
+        base_box = spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
+        if isinstance(space, spaces.Dict):
+            if BASE_ACTION_KEY in space.spaces:
+                raise ValueError(f"the observation already has a {BASE_ACTION_KEY!r} entry")
+            return spaces.Dict({**space.spaces, BASE_ACTION_KEY: base_box})
+        if isinstance(space, spaces.Box) and len(space.shape) == 1:
+            low = np.concatenate([space.low, base_box.low]).astype(np.float32)
+            high = np.concatenate([space.high, base_box.high]).astype(np.float32)
+            return spaces.Box(low, high, dtype=np.float32)
+        raise ValueError(
+            f"append_base_action needs a flat Box or a Dict observation space, got {space}; use append_base_action=False"
+        )
+
+    def reseed(self, seed: int | None) -> None:
+        """Seed the base policy's random initial noise and the progressive-exploration draws."""
+        self.rng = np.random.default_rng(seed)
+        if seed is None:
+            self.noise_generator.seed()
+        else:
+            self.noise_generator.manual_seed(int(seed))
+
+    def base_actions(self, observations: Any) -> np.ndarray:
+        """Normalized base actions for a batch of observations, shape (batch, action_dim): one policy call."""
+        obs_tensor, _ = self.base_policy.obs_to_tensor(observations)
+        n_rows = len(next(iter(observations.values()))) if isinstance(observations, dict) else len(observations)
+        shape = (n_rows, self.base_policy.action_dim)
+        if self.base_noise == "zero":
+            noise = th.zeros(shape, device=self.base_policy.device)
+        else:
+            noise = th.randn(shape, generator=self.noise_generator, device=self.base_policy.device)
+        with th.no_grad():
+            return self.base_policy.sample(obs_tensor, noise=noise).cpu().numpy()
+
+    def augment(self, observations: Any, base_actions: np.ndarray) -> Any:
+        """The batch of observations the agent sees."""
+        if not self.append_base_action:
+            return observations
+        if isinstance(observations, dict):
+            return {**observations, BASE_ACTION_KEY: base_actions.astype(np.float32)}
+        return np.concatenate([observations, base_actions], axis=1).astype(np.float32)
+
+    def combine(self, base_actions: np.ndarray, agent_actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Environment actions (env units) and whether the residual was applied, for a batch; advances the schedule.
+        """
+        agent_actions = np.asarray(agent_actions, dtype=np.float32).reshape(base_actions.shape)
+        if not np.all(np.isfinite(agent_actions)):
+            raise ValueError(f"residual actions must be finite, got {agent_actions}")
+        n_rows = len(base_actions)
+        if self.progressive_steps > 0:
+            probability = min(1.0, self.n_steps / self.progressive_steps)
+            applied = self.rng.random(n_rows) < probability
+        else:
+            applied = np.ones(n_rows, dtype=bool)
+        self.n_steps += n_rows
+        correction = self.residual_scale * np.clip(agent_actions, -1.0, 1.0) * applied[:, None]
+        normalized = np.clip(base_actions + correction, -1.0, 1.0)
+        env_actions = self.base_policy.unscale_action(normalized)
+        return env_actions.reshape((n_rows, *self.base_policy.action_space.shape)), applied
+
+
+def _batch_of_one(observation: Any) -> Any:
+    if isinstance(observation, dict):
+        return {key: np.asarray(value)[None] for key, value in observation.items()}
+    return np.asarray(observation)[None]
+
+
+def _first_row(observations: Any) -> Any:
+    if isinstance(observations, dict):
+        return {key: value[0] for key, value in observations.items()}
+    return observations[0]
+
+
+class ResidualActionWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """
+    Residual wrapper for one environment: ``env action = clip(base action + residual_scale * agent action)``.
+    ``info`` reports ``env_action``, ``base_action`` (env units) and ``residual_applied``. One base-policy call per
+    environment step. See :class:`ResidualCore` for the parameters; to start training at exactly zero correction,
+    call :func:`zero_init_residual` on the agent.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        base_policy: BaseFlowPolicySource,
+        residual_scale: float = 0.1,
+        append_base_action: bool = False,
+        base_noise: str = "zero",
+        progressive_steps: int = 0,
+        seed: int | None = None,
+        device: str = "auto",
+    ):
+        # Recorded so that gymnasium can re-create the wrapped env from its spec.
+        gym.utils.RecordConstructorArgs.__init__(
+            self, base_policy=base_policy, residual_scale=residual_scale, append_base_action=append_base_action,
+            base_noise=base_noise, progressive_steps=progressive_steps, seed=seed, device=device,
+        )  # fmt: skip
+        gym.Wrapper.__init__(self, env)
+        self.core = ResidualCore(
+            env.observation_space, env.action_space, base_policy, residual_scale, append_base_action, base_noise,
+            progressive_steps, seed, device,
+        )  # fmt: skip
+        self.action_space = self.core.agent_action_space
+        self.observation_space = self.core.observation_space
+        self._base_action: np.ndarray | None = None
+
+    def _observe(self, observation: Any) -> Any:
+        batch = _batch_of_one(observation)
+        self._base_action = self.core.base_actions(batch)
+        return _first_row(self.core.augment(batch, self._base_action))
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        if kwargs.get("seed") is not None:
+            self.core.reseed(kwargs["seed"])
+        obs, info = self.env.reset(**kwargs)
+        return self._observe(obs), info
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        if self._base_action is None:
+            raise RuntimeError("ResidualActionWrapper.step() called before reset()")
+        env_actions, applied = self.core.combine(self._base_action, np.asarray(action)[None])
+        obs, reward, terminated, truncated, info = self.env.step(env_actions[0])
+        base_env_action = self.core.base_policy.unscale_action(self._base_action)[0]
+        info = {**info, "env_action": env_actions[0], "base_action": base_env_action, "residual_applied": bool(applied[0])}
+        return self._observe(obs), reward, terminated, truncated, info
+
+
+class VecResidualActionWrapper(VecEnvWrapper):
+    """
+    Residual wrapper for a VecEnv: one batched base-policy call per step for all environments. Put it on the raw
+    VecEnv, under VecNormalize. Parameters as :class:`ResidualActionWrapper`; the progressive schedule counts
+    environment steps over all environments.
+    """
+
+    def __init__(
+        self,
+        venv: VecEnv,
+        base_policy: BaseFlowPolicySource,
+        residual_scale: float = 0.1,
+        append_base_action: bool = False,
+        base_noise: str = "zero",
+        progressive_steps: int = 0,
+        seed: int | None = None,
+        device: str = "auto",
+    ):
+        self.core = ResidualCore(
+            venv.observation_space, venv.action_space, base_policy, residual_scale, append_base_action, base_noise,
+            progressive_steps, seed, device,
+        )  # fmt: skip
+        super().__init__(venv, observation_space=self.core.observation_space, action_space=self.core.agent_action_space)
+        self._base_actions: np.ndarray | None = None
+        self._env_actions: np.ndarray | None = None
+        self._applied: np.ndarray | None = None
+
+    def _observe(self, observations: Any) -> Any:
+        self._base_actions = self.core.base_actions(observations)
+        return self.core.augment(observations, self._base_actions)
+
+    def reset(self) -> Any:
+        return self._observe(self.venv.reset())
+
+    def step_async(self, actions: np.ndarray) -> None:
+        if self._base_actions is None:
+            raise RuntimeError("VecResidualActionWrapper.step_async() called before reset()")
+        self._env_actions, self._applied = self.core.combine(self._base_actions, actions)
+        self.venv.step_async(self._env_actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        assert self._base_actions is not None and self._env_actions is not None and self._applied is not None
+        base_env_actions = self.core.base_policy.unscale_action(self._base_actions)
+        for index, info in enumerate(infos):
+            info["env_action"] = self._env_actions[index]
+            info["base_action"] = base_env_actions[index]
+            info["residual_applied"] = bool(self._applied[index])
+        return self._observe(obs), rewards, dones, infos
+
+
+def _last_linear(module: nn.Module) -> nn.Linear:
+    linears = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
+    if not linears:
+        raise ValueError(f"no linear layer in {type(module).__name__}")
+    return linears[-1]
+
+
+def zero_init_residual(model: BaseAlgorithm) -> None:
+    """
+    Zero the last layer of an SB3 agent's actor so that its deterministic action, the residual, starts at exactly 0
+    (SAC / TQC: the mean head; TD3 / DDPG: the last layer before tanh; PPO / A2C: the action head).
+
+    :param model: an SB3 model trained on a residual-wrapped environment
+    :raises ValueError: for a model whose actor head is not found
+    """
+    policy = model.policy
+    actor = getattr(policy, "actor", None)
+    if actor is not None and hasattr(actor, "mu"):
+        head = _last_linear(actor.mu) if not isinstance(actor.mu, nn.Linear) else actor.mu
+    elif hasattr(policy, "action_net"):
+        head = policy.action_net
+    else:
+        raise ValueError(f"zero_init_residual does not know the actor head of {type(policy).__name__}")
+    with th.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    actor_target = getattr(policy, "actor_target", None)
+    if actor is not None and actor_target is not None:
+        actor_target.load_state_dict(actor.state_dict())
