@@ -25,23 +25,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from sb3_flow import FlowBC, GaussianBC, collect_demonstrations, set_torch_threads
+from sb3_flow.common.evaluation import returns_on_starts
 from sb3_flow.common.experts import train_expert
-
-
-def returns_on_seeds(policy, env_id: str, seeds: range) -> np.ndarray:
-    """Deterministic episode returns from the initial states that ``env.reset(seed=s)`` gives."""
-    env = gym.make(env_id)
-    returns = []
-    for seed in seeds:
-        obs, _ = env.reset(seed=seed)
-        done, total = False, 0.0
-        while not done:
-            action, _ = policy.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return np.asarray(returns)
 
 
 def evaluate(policy, env_id: str, n_episodes: int, seed: int) -> tuple[float, float]:
@@ -82,7 +67,7 @@ def main() -> None:
             model = algorithm("MlpPolicy", args.env, demos, learning_rate=args.learning_rate, seed=seed, device="cpu")
             model.learn(args.bc_steps)
             train_seconds = time.perf_counter() - start
-            paired = returns_on_seeds(model.policy, args.env, range(args.episodes))  # the demonstrations' starts
+            paired = returns_on_starts(model.policy, args.env, args.episodes)  # the demonstrations' starts (seeds 0..)
             mean, std = evaluate(model.policy, args.env, args.eval_episodes, seed=20_000 + seed)
             results[name].append(
                 {

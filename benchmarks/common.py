@@ -10,29 +10,14 @@ from typing import Any
 
 import numpy as np
 import torch as th
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_flow.common.evaluation import returns_on_starts
 
 
 def evaluate_on_starts(model: Any, env_id: str, n_starts: int = 50, vec_normalize: VecNormalize | None = None) -> float:
-    """
-    Mean deterministic return over ``n_starts`` episodes whose initial states are fixed (env i is reset with seed i),
-    the same for every method: a paired comparison. All episodes run at once in one VecEnv, so the policy is called
-    once per step for the whole batch.
-
-    :param model: anything with ``predict`` (SB3 model or policy)
-    :param env_id: environment id
-    :param n_starts: number of episodes / initial states
-    :param vec_normalize: training VecNormalize whose observation statistics the policy expects
-    """
-    env = make_vec_env(env_id, n_envs=n_starts, seed=0)
-    if vec_normalize is not None:
-        env = VecNormalize(env, training=False, norm_reward=False)
-        env.obs_rms = vec_normalize.obs_rms
-    mean, _ = evaluate_policy(model, env, n_eval_episodes=n_starts, deterministic=True)
-    env.close()
-    return float(mean)
+    """Mean deterministic return on the fixed starts of :func:`sb3_flow.common.evaluation.returns_on_starts`."""
+    return float(returns_on_starts(model, env_id, n_starts, vec_normalize=vec_normalize).mean())
 
 
 def learn_with_curve(

@@ -20,6 +20,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from benchmarks.common import evaluate_on_starts, mean_std, plot_curves, write_json
 from sb3_flow import DSRLNA, FlowBC, collect_demonstrations, set_torch_threads
+from sb3_flow.common.evaluation import returns_on_starts
 from sb3_flow.common.experts import train_expert
 from sb3_flow.wrappers import (
     NoiseActionWrapper,
@@ -51,17 +52,13 @@ def make_agent(method: str, base: FlowBC, seed: int) -> SAC:
 
 def evaluate_wrapped(model: SAC, method: str, base: FlowBC) -> float:
     """Deterministic return on the 50 fixed starts, through the Vec form of the wrapper the agent was trained in."""
-    if method in ("sac", "dsrl_na"):  # both act in the environment's own action space
-        return evaluate_on_starts(model, ENV_ID)
-    from stable_baselines3.common.evaluation import evaluate_policy
-
-    venv = make_vec_env(ENV_ID, n_envs=50, seed=0)
     if method == "dsrl":
-        venv = VecNoiseActionWrapper(venv, base.policy, noise_bound=1.5)
-    else:
-        venv = VecResidualActionWrapper(venv, base.policy, append_base_action=True)
-    mean, _ = evaluate_policy(model, venv, n_eval_episodes=50, deterministic=True)
-    return float(mean)
+        wrap = lambda venv: VecNoiseActionWrapper(venv, base.policy, noise_bound=1.5)  # noqa: E731
+    elif method == "residual":
+        wrap = lambda venv: VecResidualActionWrapper(venv, base.policy, append_base_action=True)  # noqa: E731
+    else:  # SAC from scratch and DSRL-NA act in the environment's own action space
+        wrap = None
+    return float(returns_on_starts(model, ENV_ID, 50, wrap=wrap).mean())
 
 
 def main() -> None:

@@ -1,6 +1,5 @@
 """FlowBC and GaussianBC: multimodality, Pendulum imitation, SB3 conformance, save/load, numerics, bad input."""
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -9,22 +8,8 @@ from stable_baselines3.common.logger import configure
 
 from sb3_flow import FlowBC, GaussianBC
 from sb3_flow.common.demonstrations import Demonstrations
+from sb3_flow.common.evaluation import returns_on_starts
 from tests.helpers import BimodalEnv, DictObsEnv, bimodal_demonstrations
-
-
-def episode_returns_from_seeds(policy, seeds) -> np.ndarray:
-    env = gym.make("Pendulum-v1")
-    returns = []
-    for seed in seeds:
-        obs, _ = env.reset(seed=int(seed))
-        done, total = False, 0.0
-        while not done:
-            action, _ = policy.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return np.asarray(returns)
 
 
 def test_flow_bc_keeps_both_modes_where_gaussian_bc_averages_them():
@@ -53,13 +38,13 @@ def test_flow_bc_imitates_a_noisy_pendulum_expert(pendulum_demos):
     )
     model.learn(3000)
     # Evaluate on the demonstrations' own initial states, so the comparison is not swamped by start-state luck.
-    flow_returns = episode_returns_from_seeds(model, range(20))
+    flow_returns = returns_on_starts(model, "Pendulum-v1", 20)
     demo_mean = pendulum_demos.summary()["mean_return"]
     # Returns are negative: "within 15%" means no more than 15% worse than the demonstrations.
     assert flow_returns.mean() >= 1.15 * demo_mean, (flow_returns.mean(), demo_mean)
     # and far better than an untrained flow policy
     untrained = FlowBC("MlpPolicy", "Pendulum-v1", pendulum_demos, seed=0, policy_kwargs={"net_arch": [128, 128]})
-    assert episode_returns_from_seeds(untrained, range(5)).mean() < 2 * demo_mean
+    assert returns_on_starts(untrained, "Pendulum-v1", 5).mean() < 2 * demo_mean
 
 
 def test_save_load_round_trip_and_continued_training(tmp_path):

@@ -128,3 +128,27 @@ def test_from_minari_reads_a_local_dataset(tmp_path, monkeypatch):
     assert np.isclose(demos.episode_returns()[0], first.rewards.sum())
     assert demos.truncations[199] and demos.episode_starts[200]
     assert from_minari(dataset, n_episodes=1).n_episodes == 1
+
+
+def test_returns_on_starts_replays_the_same_initial_states(pendulum_demos):
+    import gymnasium as gym
+
+    from sb3_flow.common.evaluation import returns_on_starts
+    from sb3_flow.policies import FlowPolicy
+
+    env = gym.make("Pendulum-v1")
+    policy = FlowPolicy(env.observation_space, env.action_space, lambda _: 1e-3, net_arch=[8], n_flow_steps=2)
+    expected = []
+    for seed in (3, 4, 5):
+        obs, _ = env.reset(seed=seed)
+        done, total = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(policy.predict(obs, deterministic=True)[0])
+            total += float(reward)
+            done = terminated or truncated
+        expected.append(total)
+    returns = returns_on_starts(policy, "Pendulum-v1", 3, first_seed=3)
+    np.testing.assert_allclose(np.sort(returns), np.sort(expected), rtol=1e-4)
+    # The demonstrations were collected from seeds 0..19 too: their starts are what the paired comparison replays.
+    first_obs = [pendulum_demos.observations[i * 200] for i in range(3)]
+    np.testing.assert_allclose(first_obs[0], gym.make("Pendulum-v1").reset(seed=0)[0])

@@ -1,0 +1,43 @@
+"""Paired evaluation: the same fixed initial states for every method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+
+def returns_on_starts(
+    model: Any,
+    env_id: str,
+    n_starts: int = 50,
+    first_seed: int = 0,
+    vec_normalize: VecNormalize | None = None,
+    wrap: Any = None,
+) -> np.ndarray:
+    """
+    Deterministic returns of ``n_starts`` episodes whose initial states are fixed: episode ``i`` starts from
+    ``env.reset(seed=first_seed + i)``. On tasks like Pendulum, where the return depends on the start state far more
+    than on the policy, comparing methods on the same starts (a paired comparison) removes most of the noise. All
+    episodes run at once in one VecEnv, so the policy is called once per step for the whole batch.
+
+    :param model: anything with ``predict`` (SB3 model or policy)
+    :param env_id: environment id
+    :param n_starts: number of episodes / initial states
+    :param first_seed: seed of the first episode's reset
+    :param vec_normalize: training VecNormalize whose observation statistics the policy expects
+    :param wrap: optional callable VecEnv -> VecEnv (e.g. a steering wrapper the agent was trained in)
+    :return: the episode returns, shape (n_starts,)
+    """
+    env: VecEnv = make_vec_env(env_id, n_envs=n_starts, seed=first_seed)
+    if wrap is not None:
+        env = wrap(env)
+    if vec_normalize is not None:
+        env = VecNormalize(env, training=False, norm_reward=False)
+        env.obs_rms = vec_normalize.obs_rms
+    returns, _ = evaluate_policy(model, env, n_eval_episodes=n_starts, deterministic=True, return_episode_rewards=True)
+    env.close()
+    return np.asarray(returns, dtype=np.float64)
