@@ -200,3 +200,22 @@ def test_bad_input_errors():
     env.reset(seed=0)
     with pytest.raises(ValueError, match="finite"):
         env.step(np.array([np.nan], dtype=np.float32))
+
+
+def test_vec_residual_terminal_observations_carry_the_base_action_too():
+    policy = pendulum_policy()
+    venv = VecResidualActionWrapper(make_vec_env("Pendulum-v1", n_envs=2, seed=0), policy, append_base_action=True)
+    venv.reset()
+    for _ in range(200):  # Pendulum truncates after 200 steps
+        _, _, dones, infos = venv.step(np.zeros((2, 1), dtype=np.float32))
+    assert dones.all()
+    for info in infos:
+        terminal = info["terminal_observation"]
+        assert terminal.shape == (4,)
+        with th.no_grad():
+            base = policy.sample(th.as_tensor(terminal[None, :3]), deterministic=True).numpy()[0]
+        np.testing.assert_allclose(terminal[3:], base, atol=1e-6)
+    # An off-policy agent stores those terminal observations in its replay buffer.
+    model = SAC("MlpPolicy", venv, learning_starts=10, gradient_steps=1, seed=0, buffer_size=500)
+    model.learn(220)
+    assert model.replay_buffer.next_observations.shape[-1] == 4

@@ -141,10 +141,10 @@ def _batch_of_one(observation: Any) -> Any:
     return np.asarray(observation)[None]
 
 
-def _first_row(observations: Any) -> Any:
+def _row(observations: Any, row: int) -> Any:
     if isinstance(observations, dict):
-        return {key: value[0] for key, value in observations.items()}
-    return observations[0]
+        return {key: value[row] for key, value in observations.items()}
+    return observations[row]
 
 
 class ResidualActionWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -183,7 +183,7 @@ class ResidualActionWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def _observe(self, observation: Any) -> Any:
         batch = _batch_of_one(observation)
         self._base_action = self.core.base_actions(batch)
-        return _first_row(self.core.augment(batch, self._base_action))
+        return _row(self.core.augment(batch, self._base_action), 0)
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         if kwargs.get("seed") is not None:
@@ -249,7 +249,24 @@ class VecResidualActionWrapper(VecEnvWrapper):
             info["env_action"] = self._env_actions[index]
             info["base_action"] = base_env_actions[index]
             info["residual_applied"] = bool(self._applied[index])
+        if self.core.append_base_action:
+            self._augment_terminal_observations(infos)
         return self._observe(obs), rewards, dones, infos
+
+    def _augment_terminal_observations(self, infos: list[dict[str, Any]]) -> None:
+        # SB3 stores infos["terminal_observation"] as the next observation of an episode's last transition: it must
+        # look like every other observation the agent sees (one extra batched base call, at episode ends only).
+        done = [index for index, info in enumerate(infos) if info.get("terminal_observation") is not None]
+        if not done:
+            return
+        terminal = [infos[index]["terminal_observation"] for index in done]
+        if isinstance(terminal[0], dict):
+            batch: Any = {key: np.stack([obs[key] for obs in terminal]) for key in terminal[0]}
+        else:
+            batch = np.stack(terminal)
+        augmented = self.core.augment(batch, self.core.base_actions(batch))
+        for row, index in enumerate(done):
+            infos[index]["terminal_observation"] = _row(augmented, row)
 
 
 def _last_linear(module: nn.Module) -> nn.Linear:
