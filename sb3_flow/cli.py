@@ -67,7 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--bc-steps", type=int, default=5_000, help="gradient steps of each BC run")
     demo.add_argument("--bc-learning-rate", type=float, default=1e-3, help="learning rate of each BC run")
     demo.add_argument("--finetune-steps", type=int, default=51_200, help="env steps of each fine-tuning row (0: none)")
-    demo.add_argument("--steering-steps", type=int, default=3_000, help="env steps of each SAC-based steering row (0: none)")
+    demo.add_argument("--steering-steps", type=int, default=2_000, help="env steps of each SAC-based steering row (0: none)")
     demo.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per row")
     demo.add_argument("--cache-dir", default=None, help="expert cache folder")
     demo.add_argument("--out-dir", default="demo_output", help="output folder")
