@@ -232,3 +232,26 @@ def test_bad_input_errors():
         FlowPPO("MlpPolicy", "Pendulum-v1", base_policy=FlowPPO("MultiInputPolicy", DictObsEnv(), policy_kwargs=SMALL).policy)
     with pytest.raises(FileNotFoundError):
         FlowPPO("MlpPolicy", "Pendulum-v1", base_policy="missing_base.zip")
+
+
+def test_action_perturbation_is_added_to_rollout_actions_only():
+    model = FlowPPO("MlpPolicy", "Pendulum-v1", seed=0, action_perturbation_std=0.5, policy_kwargs=SMALL)
+    obs = th.zeros(4000, 3)
+    noise = th.zeros(4000, 1)
+    with th.no_grad():
+        flow_actions = model.policy.integrate(obs, noise=noise).actions
+        th.manual_seed(1)
+        rollout_actions, _, _ = model.policy(obs, deterministic=True)  # zero flow noise: only the perturbation varies
+        th.manual_seed(1)
+        stochastic, _, _ = model.policy(obs)
+    # Deterministic rollouts are not perturbed; stochastic ones are, with the configured std.
+    assert th.equal(rollout_actions, flow_actions)
+    model.policy.action_perturbation_std = 0.0
+    with th.no_grad():
+        th.manual_seed(1)
+        unperturbed, _, _ = model.policy(obs)
+    assert abs((stochastic - unperturbed).std().item() - 0.5) < 0.03
+    # predict() never perturbs: deterministic predictions equal the zero-noise flow.
+    model.policy.action_perturbation_std = 0.5
+    predicted, _ = model.predict(np.zeros((3, 3), dtype=np.float32), deterministic=True)
+    np.testing.assert_allclose(predicted, np.clip(flow_actions[:3].numpy(), -1, 1) * 2.0, atol=1e-6)

@@ -319,13 +319,19 @@ class FlowPPO(FlowOnPolicyAlgorithm):
     def _clamped(self, cfm_losses: th.Tensor) -> th.Tensor:
         return cfm_losses if self.cfm_loss_clamp is None else cfm_losses.clamp(max=self.cfm_loss_clamp)
 
-    def policy_ratio(self, samples: FlowRolloutBufferSamples) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def policy_ratio(
+        self, samples: FlowRolloutBufferSamples, features: th.Tensor | None = None
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
         Ratio estimates of a minibatch under the current policy.
 
+        :param samples: a minibatch of the rollout buffer
+        :param features: the minibatch's observation features, when the caller already extracted them
         :return: (ratio, log_ratio, new per-draw CFM losses); ratio is (batch,) or (batch, N) by ``ratio_mode``
         """
-        new_losses = self.policy.cfm_loss(samples.observations, samples.actions, samples.times, samples.noises)
+        if features is None:
+            features = self.policy.extract_features(samples.observations, self.policy.features_extractor)
+        new_losses = self.policy.cfm_loss_from_features(features, samples.actions, samples.times, samples.noises)
         log_ratio = fpo_log_ratio(self._clamped(samples.old_cfm_losses), self._clamped(new_losses), self.ratio_mode)
         log_ratio = log_ratio.clamp(-self.log_ratio_clamp, self.log_ratio_clamp)
         return th.exp(log_ratio), log_ratio, new_losses
@@ -346,14 +352,15 @@ class FlowPPO(FlowOnPolicyAlgorithm):
                 advantages = samples.advantages
                 if self.normalize_advantage and len(advantages) > 1:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-                values, _ = self.values_and_features(samples.observations)
+                # Features once per minibatch, shared by the critic and the CFM loss.
+                values, features = self.values_and_features(samples.observations)
                 if clip_range_vf is not None:
                     values = samples.old_values + th.clamp(values - samples.old_values, -clip_range_vf, clip_range_vf)
                 value_loss = F.mse_loss(samples.returns, values)
                 loss = self.vf_coef * value_loss
 
                 if not warmup:
-                    ratio, log_ratio, new_losses = self.policy_ratio(samples)
+                    ratio, log_ratio, new_losses = self.policy_ratio(samples, features)
                     if ratio.dim() == 2:
                         advantages = advantages.unsqueeze(1)
                     policy_loss = -trust_region_surrogate(ratio, advantages, clip_range, self.trust_region).mean()

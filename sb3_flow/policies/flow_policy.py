@@ -223,7 +223,13 @@ class FlowPolicy(BoxActionPolicy):
         :param noises: shape (batch, n_draws, action_dim)
         :return: shape (batch, n_draws)
         """
-        field = self.velocity_field(obs, n_draws=times.shape[1])
+        return self.cfm_loss_from_features(self.extract_features(obs, self.features_extractor), actions, times, noises)
+
+    def cfm_loss_from_features(
+        self, features: th.Tensor, actions: th.Tensor, times: th.Tensor, noises: th.Tensor
+    ) -> th.Tensor:
+        """:meth:`cfm_loss` for already extracted features (a caller that also feeds them to a critic)."""
+        field = self.velocity_field_from_features(features, n_draws=times.shape[1])
         return flow_cfm_loss(field, actions.reshape(actions.shape[0], -1), times, noises)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
