@@ -84,6 +84,25 @@ def test_shape_checks_name_what_was_expected(pendulum_demos):
         Demonstrations(np.zeros((3, 1)), np.zeros((2, 1)), np.zeros(3), np.zeros((3, 1)), np.zeros(3), np.zeros(3), [1, 0, 0])
 
 
+def test_actions_outside_the_action_box_are_rejected_not_clipped(pendulum_demos):
+    from sb3_flow import FlowBC
+
+    demos = Demonstrations.concatenate([pendulum_demos])
+    demos.actions[7] = 2.5  # Pendulum's torque box is [-2, 2]
+    with pytest.raises(ValueError, match=r"1 demonstration actions lie outside .* row 7"):
+        demos.check_spaces(pendulum_demos_action_space_obs(), pendulum_demos_action_space())
+    with pytest.raises(ValueError, match="outside the action space's bounds"):
+        FlowBC("MlpPolicy", "Pendulum-v1", demos)
+    demos.actions[7] = 2.0  # on the bound is fine
+    demos.check_spaces(pendulum_demos_action_space_obs(), pendulum_demos_action_space())
+
+
+def pendulum_demos_action_space_obs():
+    import gymnasium as gym
+
+    return gym.make("Pendulum-v1").observation_space
+
+
 def pendulum_demos_action_space():
     import gymnasium as gym
 

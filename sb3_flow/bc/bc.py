@@ -143,6 +143,7 @@ class BaseBC(BaseAlgorithm):
             actions = self.policy.scale_action(self.demonstrations.actions.reshape(len(self.demonstrations), -1))
             self._demo_tensors = {
                 "observations": obs_tensor,
+                # check_spaces() rejected actions outside the box; the clip only absorbs rounding at the bounds.
                 "actions": th.as_tensor(np.clip(actions, -1.0, 1.0), dtype=th.float32, device=self.device),
             }
         return self._demo_tensors

@@ -127,6 +127,17 @@ class Demonstrations:
                         f"Demonstration {label} have shape {np.asarray(array).shape[1:]} per step, "
                         f"but the observation space {space} expects {space.shape}"
                     )
+        if isinstance(action_space, spaces.Box) and len(self) > 0:
+            # A flow policy's actions live in the box: data outside it would be clipped away silently in training.
+            tolerance = 1e-5 * np.maximum(1.0, action_space.high - action_space.low)
+            outside = (self.actions < action_space.low - tolerance) | (self.actions > action_space.high + tolerance)
+            if outside.any():
+                rows = np.flatnonzero(outside.reshape(len(self), -1).any(axis=1))
+                raise ValueError(
+                    f"{len(rows)} demonstration actions lie outside the action space's bounds "
+                    f"[{action_space.low}, {action_space.high}] (first at row {rows[0]}: {self.actions[rows[0]]}); "
+                    "clip or rescale them, or use an action space that contains them"
+                )
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to an ``.npz`` file (Dict observations are stored as ``observations.<key>``)."""
