@@ -7,12 +7,17 @@ SAC from scratch; residual SAC reaches >= 90% of the expert; SAC on the wrapped 
 on the raw env (the "steps/s" column, same run).
 
     python -m benchmarks.steering_pendulum [--steps 20000] [--seeds 0 1 2] [--methods dsrl dsrl_na residual sac]
+        [--residual-scale 0.5] [--out FILE]
+    python -m benchmarks.steering_pendulum --report FILE [FILE ...]   # merge runs made in separate processes
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 from stable_baselines3 import SAC
@@ -33,14 +38,21 @@ from sb3_flow.wrappers import (
 ENV_ID = "Pendulum-v1"
 
 
-def make_agent(method: str, base: FlowBC, seed: int) -> SAC:
+def make_agent(method: str, base: FlowBC, seed: int, residual_scale: float) -> SAC:
     if method == "dsrl_na":
         env = make_vec_env(ENV_ID, n_envs=1, seed=seed)
         return DSRLNA("MlpPolicy", env, base_policy=base.policy, noise_bound=1.5, learning_rate=1e-3, seed=seed, device="cpu")
     if method == "dsrl":
         wrapper_class, wrapper_kwargs = NoiseActionWrapper, {"base_policy": base.policy, "noise_bound": 1.5}
     elif method == "residual":
-        wrapper_class, wrapper_kwargs = ResidualActionWrapper, {"base_policy": base.policy, "append_base_action": True}
+        wrapper_class, wrapper_kwargs = (
+            ResidualActionWrapper,
+            {
+                "base_policy": base.policy,
+                "append_base_action": True,
+                "residual_scale": residual_scale,
+            },
+        )
     else:
         wrapper_class, wrapper_kwargs = None, None
     env = make_vec_env(ENV_ID, n_envs=1, seed=seed, wrapper_class=wrapper_class, wrapper_kwargs=wrapper_kwargs)
@@ -50,15 +62,44 @@ def make_agent(method: str, base: FlowBC, seed: int) -> SAC:
     return model
 
 
-def evaluate_wrapped(model: SAC, method: str, base: FlowBC) -> float:
+def evaluate_wrapped(model: SAC, method: str, base: FlowBC, residual_scale: float) -> float:
     """Deterministic return on the 50 fixed starts, through the Vec form of the wrapper the agent was trained in."""
     if method == "dsrl":
-        wrap = lambda venv: VecNoiseActionWrapper(venv, base.policy, noise_bound=1.5)  # noqa: E731
+        wrap = partial(VecNoiseActionWrapper, base_policy=base.policy, noise_bound=1.5)
     elif method == "residual":
-        wrap = lambda venv: VecResidualActionWrapper(venv, base.policy, append_base_action=True)  # noqa: E731
+        wrap = partial(
+            VecResidualActionWrapper, base_policy=base.policy, append_base_action=True, residual_scale=residual_scale
+        )
     else:  # SAC from scratch and DSRL-NA act in the environment's own action space
         wrap = None
     return float(returns_on_starts(model, ENV_ID, 50, wrap=wrap).mean())
+
+
+def report(payloads: list[dict]) -> None:
+    """Merge the runs of one or more JSON outputs (same expert and bases) into one table and one plot."""
+    first = payloads[0]
+    expert_return, bc_return, weak_return = first["expert"], first["bc"], first["weak_bc"]
+    curves: dict[str, list] = {}
+    speeds: dict[str, list[float]] = {}
+    for payload in payloads:
+        for method, runs in payload["curves"].items():
+            curves.setdefault(method, []).extend(runs)
+            speeds.setdefault(method, []).extend(payload["steps_per_s"][method])
+    threshold = 0.9 * expert_return if expert_return > 0 else expert_return / 0.9
+    print(
+        f"\n{ENV_ID}: expert {expert_return:.1f}, FlowBC base {bc_return:.1f}, weaker base (residual) {weak_return:.1f}, "
+        f"90%-of-expert threshold {threshold:.1f}"
+    )
+    print("| method | seeds | final return (mean ± std over seeds) | first step at >= 90% of expert (per seed) | steps/s |")
+    print("|---|---|---|---|---|")
+    for method, runs in curves.items():
+        finals = [curve[-1][1] for curve in runs]
+        reach = [next((step for step, value in curve if value >= threshold), None) for curve in runs]
+        print(f"| {method} | {len(runs)} | {mean_std(finals)} | {reach} | {np.mean(speeds[method]):.0f} |")
+    plot_curves(
+        curves, "docs/img/steering_pendulum.png", "Steering a FlowBC base on Pendulum-v1 with SAC",
+        hlines={"expert": expert_return, "FlowBC base": bc_return, "weaker base": weak_return},
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -67,8 +108,13 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=2_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["dsrl", "dsrl_na", "residual", "sac"])
+    parser.add_argument("--residual-scale", type=float, default=0.5)
     parser.add_argument("--out", default="benchmark_output/steering_pendulum.json")
+    parser.add_argument("--report", nargs="+", metavar="FILE", help="only merge and print these JSON outputs")
     args = parser.parse_args()
+    if args.report:
+        report([json.loads(Path(path).read_text()) for path in args.report])
+        return
     set_torch_threads(1)
 
     expert = train_expert(ENV_ID, "sac", 20_000, seed=0)
@@ -86,36 +132,28 @@ def main() -> None:
     for seed in args.seeds:
         for method in args.methods:
             method_base = weak_base if method == "residual" else base
-            model = make_agent(method, method_base, seed)
-            curve = [(0, evaluate_wrapped(model, method, method_base))]
+            model = make_agent(method, method_base, seed, args.residual_scale)
+            curve = [(0, evaluate_wrapped(model, method, method_base, args.residual_scale))]
             seconds = 0.0
             while model.num_timesteps < args.steps:
                 start = time.perf_counter()
                 model.learn(args.eval_every, reset_num_timesteps=False)
                 seconds += time.perf_counter() - start
-                curve.append((model.num_timesteps, evaluate_wrapped(model, method, method_base)))
+                curve.append((model.num_timesteps, evaluate_wrapped(model, method, method_base, args.residual_scale)))
                 print(f"  {method} seed {seed} {model.num_timesteps}: {curve[-1][1]:.1f}", flush=True)
             curves[method].append(curve)
             speeds[method].append(model.num_timesteps / seconds)
 
-    threshold = 0.9 * expert_return if expert_return > 0 else expert_return / 0.9
-    print(
-        f"\n{ENV_ID}: expert {expert_return:.1f}, FlowBC base {bc_return:.1f}, weaker base (residual) {weak_return:.1f}, "
-        f"90%-of-expert threshold {threshold:.1f}"
-    )
-    print("| method | final return (mean ± std over seeds) | first step at >= 90% of expert (per seed) | steps/s |")
-    print("|---|---|---|---|")
-    for method in args.methods:
-        finals = [curve[-1][1] for curve in curves[method]]
-        reach = [next((step for step, value in curve if value >= threshold), None) for curve in curves[method]]
-        print(f"| {method} | {mean_std(finals)} | {reach} | {np.mean(speeds[method]):.0f} |")
-    plot_curves(
-        curves, "docs/img/steering_pendulum.png", "Steering a FlowBC base on Pendulum-v1 with SAC",
-        hlines={"expert": expert_return, "FlowBC base": bc_return, "weaker base": weak_return},
-    )  # fmt: skip
-    write_json(
-        args.out, {"args": vars(args), "expert": expert_return, "bc": bc_return, "curves": curves, "steps_per_s": speeds}
-    )
+    payload = {
+        "args": vars(args),
+        "expert": expert_return,
+        "bc": bc_return,
+        "weak_bc": weak_return,
+        "curves": curves,
+        "steps_per_s": speeds,
+    }
+    write_json(args.out, payload)
+    report([payload])
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from sb3_flow.common.utils import set_torch_threads
 from sb3_flow.dsrl import DSRLNA
 from sb3_flow.fpo import FlowPPO
 from sb3_flow.policies import FlowPolicy, GaussianPolicy, load_flow_policy
+from sb3_flow.reinflow import ReinFlow
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "FlowPolicy",
     "GaussianBC",
     "GaussianPolicy",
+    "ReinFlow",
     "collect_demonstrations",
     "from_minari",
     "load_flow_policy",

@@ -21,6 +21,7 @@ from sb3_flow.common.demonstrations import Demonstrations, collect_demonstration
 from sb3_flow.common.experts import load_expert, pendulum_swing_up, train_expert
 from sb3_flow.dsrl import DSRLNA
 from sb3_flow.fpo import FlowPPO
+from sb3_flow.reinflow import ReinFlow
 from sb3_flow.wrappers import VecNoiseActionWrapper, VecResidualActionWrapper, zero_init_residual
 
 
@@ -212,6 +213,31 @@ def finetune_flow_ppo(base: Any, config: DemoConfig, steps: int, progress_bar: b
     return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config))
 
 
+# ReinFlow's Pendulum fine-tuning settings, shared with benchmarks/reinflow_pendulum.py and zoo_configs/reinflow.yml.
+REINFLOW_PENDULUM_FINETUNE: dict[str, Any] = {
+    "n_steps": 256,
+    "batch_size": 256,
+    "n_epochs": 10,
+    "gamma": 0.9,
+    "gae_lambda": 0.95,
+    "learning_rate": 1e-4,
+    "critic_learning_rate": 1e-3,
+    "critic_warmup_rollouts": 3,
+    "clip_range": 0.01,
+    "ent_coef": 0.01,
+    "min_std": 0.1,
+    "max_std": 0.3,
+    "n_flow_steps": 4,
+}
+
+
+def finetune_reinflow(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
+    """ReinFlow (learned noise) from the Flow BC base with :data:`REINFLOW_PENDULUM_FINETUNE`."""
+    env = make_vec_env(config.env_id, n_envs=8, seed=config.seed)
+    model = ReinFlow("MlpPolicy", env, base_policy=base, seed=config.seed, device="cpu", **REINFLOW_PENDULUM_FINETUNE)
+    return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config))
+
+
 def steer_dsrl(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
     """SAC in the Flow BC base's noise space (DSRL)."""
     wrap = lambda env: VecNoiseActionWrapper(env, base.policy, noise_bound=1.5)  # noqa: E731
@@ -237,6 +263,7 @@ def steer_residual(base: Any, config: DemoConfig, steps: int, progress_bar: bool
 # themselves here.
 FINETUNERS: dict[str, tuple[Callable[[Any, DemoConfig, int, bool], Tuned], str]] = {
     "FlowPPO fine-tune": (finetune_flow_ppo, "finetune_steps"),
+    "ReinFlow fine-tune": (finetune_reinflow, "finetune_steps"),
     "DSRL (SAC)": (steer_dsrl, "steering_steps"),
     "DSRL-NA": (steer_dsrl_na, "steering_steps"),
     "Residual SAC": (steer_residual, "steering_steps"),

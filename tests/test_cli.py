@@ -85,7 +85,8 @@ def test_demo_prints_the_table_and_writes_results_and_plot(tmp_path, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    rows = ["expert", "demonstrations", "Gaussian BC", "Flow BC", "FlowPPO fine-tune", "DSRL (SAC)", "DSRL-NA", "Residual SAC"]
+    rows = ["expert", "demonstrations", "Gaussian BC", "Flow BC", "FlowPPO fine-tune", "ReinFlow fine-tune"]
+    rows += ["DSRL (SAC)", "DSRL-NA", "Residual SAC"]
     for row in rows:
         assert row in printed
     results = json.loads((out_dir / "results.json").read_text())

@@ -11,8 +11,9 @@ optuna = pytest.importorskip("optuna")
 pytest.importorskip("rl_zoo3")
 
 from sb3_flow.fpo import FlowPPO  # noqa: E402
+from sb3_flow.reinflow import ReinFlow  # noqa: E402
 from sb3_flow.zoo import config_dir, default_config_args, main, register  # noqa: E402
-from sb3_flow.zoo.samplers import sample_flow_ppo_params  # noqa: E402
+from sb3_flow.zoo.samplers import sample_flow_ppo_params, sample_reinflow_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Small runs: the YAML's 8 environments become 2, rollouts and minibatches shrink.
@@ -24,8 +25,9 @@ def test_register_adds_algorithms_and_samplers():
     from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 
     register()
-    assert ALGOS["flow_ppo"] is FlowPPO
-    assert "flow_ppo" in HYPERPARAMS_SAMPLER and "flow_ppo" in HYPERPARAMS_CONVERTER
+    assert ALGOS["flow_ppo"] is FlowPPO and ALGOS["reinflow"] is ReinFlow
+    for name in ("flow_ppo", "reinflow", "dsrl_na"):
+        assert name in HYPERPARAMS_SAMPLER and name in HYPERPARAMS_CONVERTER
     assert default_config_args(["--algo", "flow_ppo", "--env", "Pendulum-v1"]) == [
         "--conf-file",
         str(config_dir() / "flow_ppo.yml"),
@@ -55,6 +57,45 @@ def test_sampled_hyperparameters_build_a_model():
     assert params["batch_size"] == 32 and params["n_steps"] == 64 and abs(params["gamma"] - 0.99) < 1e-9
     model = FlowPPO("MlpPolicy", "Pendulum-v1", **params)
     assert model.policy.n_flow_steps == 4 and model.n_mc_samples == 4 and model.policy.net_arch == [64, 64]
+
+
+def test_sampled_reinflow_hyperparameters_build_a_model():
+    trial = optuna.trial.FixedTrial(
+        {
+            "batch_size_pow": 5,
+            "n_steps_pow": 6,
+            "one_minus_gamma": 0.01,
+            "one_minus_gae_lambda": 0.05,
+            "learning_rate": 1e-4,
+            "clip_range": 0.01,
+            "n_epochs": 5,
+            "ent_coef": 0.03,
+            "min_std": 0.05,
+            "max_std_over_min": 2.0,
+            "n_flow_steps": 2,
+            "net_arch": "small",
+            "activation_fn": "tanh",
+        }
+    )
+    params = sample_reinflow_params(trial, 1, 1, {})
+    model = ReinFlow("MlpPolicy", "Pendulum-v1", **params)
+    assert model.policy.n_flow_steps == 2 and model.policy.max_std == pytest.approx(0.1) and model.policy.min_std == 0.05
+
+
+def test_reinflow_fine_tunes_the_yaml_base_policy_then_enjoy(tmp_path, monkeypatch):
+    from sb3_flow import FlowBC
+    from sb3_flow.common.demonstrations import collect_demonstrations
+    from sb3_flow.common.experts import pendulum_swing_up
+
+    monkeypatch.chdir(tmp_path)
+    demos = collect_demonstrations("Pendulum-v1", pendulum_swing_up, 1, seed=0)
+    base = FlowBC("MlpPolicy", "Pendulum-v1", demos, policy_kwargs={"net_arch": [8]}).learn(5)
+    base.save("flow_bc.zip")
+    main(["train", "--algo", "reinflow", "--env", "Pendulum-v1", "-n", "256", "--seed", "0", "-f", "logs", *SMALL])
+    model = ReinFlow.load(tmp_path / "logs" / "reinflow" / "Pendulum-v1_1" / "Pendulum-v1.zip")
+    # The YAML's base policy gave the actor its architecture; the YAML's K = 4 replaced the base's 10.
+    assert model.policy.net_arch == [8] and model.policy.n_flow_steps == 4 and model.clip_range(1.0) == 0.01
+    main(["enjoy", "--algo", "reinflow", "--env", "Pendulum-v1", "-f", "logs", "--no-render", "-n", "20"])
 
 
 def test_train_then_enjoy(tmp_path, monkeypatch):

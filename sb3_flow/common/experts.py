@@ -16,6 +16,8 @@ EXPERT_ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "td3": T
 EXPERT_HYPERPARAMS: dict[tuple[str, str], dict[str, Any]] = {
     ("sac", "Pendulum-v1"): {"learning_rate": 1e-3},
     ("td3", "Pendulum-v1"): {"learning_rate": 1e-3, "policy_kwargs": {"net_arch": [400, 300]}},
+    # RL-Zoo's SAC settings for the MuJoCo tasks: start learning after 10k random steps.
+    ("sac", "Hopper-v5"): {"learning_starts": 10_000},
 }
 
 

@@ -6,16 +6,12 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
-from stable_baselines3.common.utils import explained_variance
-from torch.nn import functional as F
 
 from sb3_flow.common.flow import TIME_SAMPLING_MODES, sample_times
-from sb3_flow.common.on_policy import FlowOnPolicyAlgorithm, check_finite_loss
-from sb3_flow.common.utils import FloatSchedule
+from sb3_flow.common.on_policy import FlowOnPolicyAlgorithm, PolicyTerms, trust_region_surrogate
 from sb3_flow.policies.actor_critic import (
     CnnFlowActorCriticPolicy,
     FlowActorCriticPolicy,
@@ -26,7 +22,8 @@ from sb3_flow.policies.loading import BaseFlowPolicySource
 SelfFlowPPO = TypeVar("SelfFlowPPO", bound="FlowPPO")
 
 RATIO_MODES = ("per_action", "per_sample")
-TRUST_REGIONS = ("clip", "aspo")
+
+__all__ = ["FlowDictRolloutBuffer", "FlowPPO", "FlowRolloutBuffer", "fpo_log_ratio", "trust_region_surrogate"]
 
 
 class FlowRolloutBufferSamples(NamedTuple):
@@ -124,23 +121,6 @@ def fpo_log_ratio(old_cfm_losses: th.Tensor, new_cfm_losses: th.Tensor, ratio_mo
     return old_cfm_losses - new_cfm_losses
 
 
-def trust_region_surrogate(ratio: th.Tensor, advantages: th.Tensor, clip_range: float, trust_region: str) -> th.Tensor:
-    """
-    Per-element surrogate objective to maximize.
-
-    :param ratio: likelihood-ratio estimates
-    :param advantages: broadcastable to ``ratio``
-    :param clip_range: epsilon
-    :param trust_region: "clip" (PPO) or "aspo" (FPO++: PPO clip where A > 0, the SPO penalty
-        ``A r - |A| (r - 1)^2 / (2 eps)`` where A < 0)
-    """
-    clipped = th.min(ratio * advantages, th.clamp(ratio, 1 - clip_range, 1 + clip_range) * advantages)
-    if trust_region == "clip":
-        return clipped
-    spo = ratio * advantages - advantages.abs() * (ratio - 1).pow(2) / (2 * clip_range)
-    return th.where(advantages >= 0, clipped, spo)
-
-
 class FlowPPO(FlowOnPolicyAlgorithm):
     """
     Flow Policy Optimization (McAllister et al., 2025, "Flow Matching Policy Gradients"; FPO++: "Flow Policy
@@ -186,6 +166,7 @@ class FlowPPO(FlowOnPolicyAlgorithm):
     :param _init_setup_model: build the networks now
     """
 
+    default_rollout_buffer_classes = (FlowRolloutBuffer, FlowDictRolloutBuffer)
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
         "MlpPolicy": FlowActorCriticPolicy,
         "CnnPolicy": CnnFlowActorCriticPolicy,
@@ -231,9 +212,7 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        self._check_options(n_mc_samples, ratio_mode, trust_region, time_sampling, log_ratio_clamp, cfm_loss_clamp)
-        if batch_size <= 1:
-            raise ValueError(f"batch_size must be > 1 (advantages are normalized per minibatch), got {batch_size}")
+        self._check_options(n_mc_samples, ratio_mode, time_sampling, log_ratio_clamp, cfm_loss_clamp)
         if not np.isfinite(action_perturbation_std) or action_perturbation_std < 0:
             raise ValueError(f"action_perturbation_std must be a finite number >= 0, got {action_perturbation_std}")
         policy_kwargs = dict(policy_kwargs or {})
@@ -249,8 +228,6 @@ class FlowPPO(FlowOnPolicyAlgorithm):
             ent_coef=0.0,
             vf_coef=vf_coef,
             max_grad_norm=max_grad_norm,
-            use_sde=False,
-            sde_sample_freq=-1,
             rollout_buffer_class=rollout_buffer_class,
             rollout_buffer_kwargs=rollout_buffer_kwargs,
             stats_window_size=stats_window_size,
@@ -259,23 +236,21 @@ class FlowPPO(FlowOnPolicyAlgorithm):
             verbose=verbose,
             device=device,
             seed=seed,
-            _init_setup_model=False,
-            supported_action_spaces=None,
             base_policy=base_policy,
             critic_warmup_rollouts=critic_warmup_rollouts,
             critic_learning_rate=critic_learning_rate,
             base_regularization_coef=base_regularization_coef,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage,
+            target_kl=target_kl,
+            trust_region=trust_region,
         )
-        self.batch_size = batch_size
-        self.n_epochs = n_epochs
-        self.clip_range = clip_range
-        self.clip_range_vf = clip_range_vf
-        self.normalize_advantage = normalize_advantage
-        self.target_kl = target_kl
         self.n_mc_samples = n_mc_samples
         self.ratio_mode = ratio_mode
         self.log_ratio_clamp = log_ratio_clamp
-        self.trust_region = trust_region
         self.cfm_loss_clamp = cfm_loss_clamp
         self.time_sampling = time_sampling
         self.action_perturbation_std = action_perturbation_std
@@ -286,7 +261,6 @@ class FlowPPO(FlowOnPolicyAlgorithm):
     def _check_options(
         n_mc_samples: int,
         ratio_mode: str,
-        trust_region: str,
         time_sampling: str,
         log_ratio_clamp: float,
         cfm_loss_clamp: float | None,
@@ -295,8 +269,6 @@ class FlowPPO(FlowOnPolicyAlgorithm):
             raise ValueError(f"n_mc_samples must be a positive integer, got {n_mc_samples!r}")
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f"ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}")
-        if trust_region not in TRUST_REGIONS:
-            raise ValueError(f"trust_region must be one of {TRUST_REGIONS}, got {trust_region!r}")
         if time_sampling not in TIME_SAMPLING_MODES:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLING_MODES}, got {time_sampling!r}")
         if not np.isfinite(log_ratio_clamp) or log_ratio_clamp <= 0:
@@ -305,16 +277,8 @@ class FlowPPO(FlowOnPolicyAlgorithm):
             raise ValueError(f"cfm_loss_clamp must be a finite number > 0 or None, got {cfm_loss_clamp}")
 
     def _setup_model(self) -> None:
-        if self.rollout_buffer_class is None:
-            dict_obs = isinstance(self.observation_space, spaces.Dict)
-            self.rollout_buffer_class = FlowDictRolloutBuffer if dict_obs else FlowRolloutBuffer
         super()._setup_model()
         self.policy.action_perturbation_std = self.action_perturbation_std
-        self.clip_range = FloatSchedule(self.clip_range)
-        if self.clip_range_vf is not None:
-            if isinstance(self.clip_range_vf, (float, int)) and self.clip_range_vf <= 0:
-                raise ValueError("clip_range_vf must be positive (or None to disable value clipping)")
-            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
 
     def _clamped(self, cfm_losses: th.Tensor) -> th.Tensor:
         return cfm_losses if self.cfm_loss_clamp is None else cfm_losses.clamp(max=self.cfm_loss_clamp)
@@ -336,82 +300,13 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         log_ratio = log_ratio.clamp(-self.log_ratio_clamp, self.log_ratio_clamp)
         return th.exp(log_ratio), log_ratio, new_losses
 
-    def train(self) -> None:
-        """One update: FPO's surrogate over ``n_epochs`` passes of minibatches of the last rollout."""
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-        clip_range = self.clip_range(self._current_progress_remaining)
-        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
+    def prepare_update(self) -> None:
+        """FPO's N (t, noise) draws per action and their old CFM losses, fixed for the whole update."""
         self.rollout_buffer.prepare_draws(self.policy, self.n_mc_samples, self.time_sampling, self.batch_size)
-        warmup = self.in_critic_warmup
 
-        stats: dict[str, list[float]] = {key: [] for key in ("pg", "value", "ratio", "clip", "kl", "cfm", "reg")}
-        continue_training = True
-        for _epoch in range(self.n_epochs):
-            for samples in self.rollout_buffer.get(self.batch_size):
-                advantages = samples.advantages
-                if self.normalize_advantage and len(advantages) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-                # Features once per minibatch, shared by the critic and the CFM loss.
-                values, features = self.values_and_features(samples.observations)
-                if clip_range_vf is not None:
-                    values = samples.old_values + th.clamp(values - samples.old_values, -clip_range_vf, clip_range_vf)
-                value_loss = F.mse_loss(samples.returns, values)
-                loss = self.vf_coef * value_loss
-
-                if not warmup:
-                    ratio, log_ratio, new_losses = self.policy_ratio(samples, features)
-                    if ratio.dim() == 2:
-                        advantages = advantages.unsqueeze(1)
-                    policy_loss = -trust_region_surrogate(ratio, advantages, clip_range, self.trust_region).mean()
-                    loss = loss + policy_loss
-                    with th.no_grad():
-                        approx_kl = th.mean((ratio - 1) - log_ratio).item()
-                    stats["pg"].append(policy_loss.item())
-                    stats["ratio"].append(ratio.mean().item())
-                    stats["clip"].append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
-                    stats["kl"].append(approx_kl)
-                    stats["cfm"].append(new_losses.mean().item())
-                    if self.reference_policy is not None:
-                        regularization = self.base_regularization(samples.observations)
-                        loss = loss + self.base_regularization_coef * regularization
-                        stats["reg"].append(regularization.item())
-                    if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
-                        continue_training = False
-                        if self.verbose >= 1:
-                            print(f"Early stopping at epoch {_epoch} due to reaching max kl: {approx_kl:.4f}")
-                        break
-                stats["value"].append(value_loss.item())
-                check_finite_loss(loss, type(self).__name__, "FlowPPO loss", self._n_updates)
-                self.policy.optimizer.zero_grad()
-                loss.backward()
-                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-                self.policy.optimizer.step()
-            self._n_updates += 1
-            if not continue_training:
-                break
-
-        self._record_train_stats(stats, warmup, clip_range)
-
-    def _record_train_stats(self, stats: dict[str, list[float]], warmup: bool, clip_range: float) -> None:
-        names = {
-            "pg": "policy_gradient_loss",
-            "value": "value_loss",
-            "ratio": "ratio",
-            "clip": "clip_fraction",
-            "kl": "approx_kl",
-            "cfm": "cfm_loss",
-            "reg": "base_regularization",
-        }
-        for key, name in names.items():
-            if stats[key]:
-                self.logger.record(f"train/{name}", float(np.mean(stats[key])))
-        flat_values = self.rollout_buffer.values.flatten()
-        flat_returns = self.rollout_buffer.returns.flatten()
-        self.logger.record("train/explained_variance", explained_variance(flat_values, flat_returns))
-        self.logger.record("train/critic_warmup", int(warmup))
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/clip_range", clip_range)
+    def policy_terms(self, samples: FlowRolloutBufferSamples, features: th.Tensor) -> PolicyTerms:
+        _ratio, log_ratio, new_losses = self.policy_ratio(samples, features)
+        return PolicyTerms(log_ratio=log_ratio, logs={"cfm_loss": new_losses.mean().item()})
 
     def learn(
         self: SelfFlowPPO,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,9 @@ class FlowActorCriticPolicy(FlowPolicy):
     :param kwargs: see :class:`FlowPolicy`
     """
 
+    # Networks a pretrained FlowPolicy does not have: their weights stay freshly initialized on a base-policy hand-off.
+    extra_state_prefixes: tuple[str, ...] = ("value_net.",)
+
     def __init__(self, *args: Any, value_net_arch: list[int] | None = None, use_sde: bool = False, **kwargs: Any):
         if use_sde:
             raise ValueError("gSDE (use_sde=True) does not apply to flow policies: exploration comes from the flow's noise")
@@ -43,6 +47,11 @@ class FlowActorCriticPolicy(FlowPolicy):
         data = super()._get_constructor_parameters()
         data["value_net_arch"] = self.value_net_arch
         return data
+
+    def flow_policy_parameters(self) -> dict[str, Any]:
+        """Constructor arguments of a plain :class:`FlowPolicy` with this actor's architecture (e.g. a frozen copy)."""
+        accepted = inspect.signature(FlowPolicy.__init__).parameters
+        return {key: value for key, value in self._get_constructor_parameters().items() if key in accepted}
 
     def actor_parameters(self) -> list[nn.Parameter]:
         """Parameters of the flow actor (features extractor and velocity network)."""

@@ -14,15 +14,16 @@ from typing import Any
 
 from sb3_flow.zoo.samplers import SAMPLERS
 
-ZOO_ALGORITHMS = ("flow_ppo", "dsrl_na")
+ZOO_ALGORITHMS = ("flow_ppo", "reinflow", "dsrl_na")
 
 
 def zoo_algorithms() -> dict[str, type]:
     """sb3-flow algorithms offered to the Zoo, by Zoo name."""
     from sb3_flow.dsrl import DSRLNA
     from sb3_flow.fpo import FlowPPO
+    from sb3_flow.reinflow import ReinFlow
 
-    return {"flow_ppo": FlowPPO, "dsrl_na": DSRLNA}
+    return {"flow_ppo": FlowPPO, "reinflow": ReinFlow, "dsrl_na": DSRLNA}
 
 
 def register() -> None:

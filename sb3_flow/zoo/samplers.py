@@ -11,6 +11,21 @@ NET_ARCHS = {"small": ([64, 64], [64, 64]), "medium": ([256, 256], [256, 256]), 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 
+def _sample_ppo_params(trial: Any, clip_low: float, epochs: list[int]) -> dict[str, Any]:
+    """The PPO and architecture part of the on-policy flow algorithms' search spaces."""
+    return {
+        "batch_size_pow": trial.suggest_int("batch_size_pow", 5, 9),
+        "n_steps_pow": trial.suggest_int("n_steps_pow", 6, 11),
+        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.001, 0.1, log=True),
+        "one_minus_gae_lambda": trial.suggest_float("one_minus_gae_lambda", 0.001, 0.1, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
+        "clip_range": trial.suggest_float("clip_range", clip_low, 0.2, log=True),
+        "n_epochs": trial.suggest_categorical("n_epochs", epochs),
+        "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
+        "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATIONS)),
+    }
+
+
 def sample_flow_ppo_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
     Search space of FlowPPO: PPO's, plus FPO's number of (t, noise) draws, ratio mode, flow steps and a small clip
@@ -23,18 +38,10 @@ def sample_flow_ppo_params(trial: Any, n_actions: int, n_envs: int, additional_a
     :return: FlowPPO keyword arguments
     """
     sampled = {
-        "batch_size_pow": trial.suggest_int("batch_size_pow", 5, 9),
-        "n_steps_pow": trial.suggest_int("n_steps_pow", 6, 11),
-        "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.001, 0.1, log=True),
-        "one_minus_gae_lambda": trial.suggest_float("one_minus_gae_lambda", 0.001, 0.1, log=True),
-        "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
-        "clip_range": trial.suggest_float("clip_range", 0.01, 0.2, log=True),
-        "n_epochs": trial.suggest_categorical("n_epochs", [5, 10, 20]),
+        **_sample_ppo_params(trial, clip_low=0.01, epochs=[5, 10, 20]),
         "n_mc_samples": trial.suggest_categorical("n_mc_samples", [4, 8, 16]),
         "ratio_mode": trial.suggest_categorical("ratio_mode", ["per_action", "per_sample"]),
         "n_flow_steps": trial.suggest_categorical("n_flow_steps", [4, 10]),
-        "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
-        "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATIONS)),
     }
     # The Zoo's samplers return converted values; the converter is also used alone to reload a stored trial.
     return convert_flow_ppo_params(sampled)
@@ -57,6 +64,37 @@ def convert_flow_ppo_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     return hyperparams
 
 
+def sample_reinflow_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    Search space of ReinFlow: PPO's, plus the noise bounds, the entropy coefficient, the flow steps and a small clip
+    range (the authors fine-tune with 0.01 on the normalized chain log-probability).
+
+    :param trial: Optuna trial
+    :param n_actions: action dimension (unused)
+    :param n_envs: number of environments (unused)
+    :param additional_args: Zoo extras (unused)
+    :return: ReinFlow keyword arguments
+    """
+    sampled = {
+        **_sample_ppo_params(trial, clip_low=0.005, epochs=[5, 10]),
+        "ent_coef": trial.suggest_float("ent_coef", 1e-4, 0.1, log=True),
+        "min_std": trial.suggest_float("min_std", 0.02, 0.1, log=True),
+        "max_std_over_min": trial.suggest_float("max_std_over_min", 1.5, 5.0),
+        "n_flow_steps": trial.suggest_categorical("n_flow_steps", [1, 2, 4, 8]),
+    }
+    return convert_reinflow_params(sampled)
+
+
+def convert_reinflow_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled values -> ReinFlow keyword arguments."""
+    hyperparams = dict(sampled_params)
+    max_std_over_min = hyperparams.pop("max_std_over_min")
+    hyperparams = convert_flow_ppo_params(hyperparams)  # the PPO and architecture parts are shared
+    hyperparams["max_std"] = hyperparams["min_std"] * max_std_over_min
+    return hyperparams
+
+
 SAMPLERS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], dict[str, Any]]]] = {
     "flow_ppo": (sample_flow_ppo_params, convert_flow_ppo_params),
+    "reinflow": (sample_reinflow_params, convert_reinflow_params),
 }

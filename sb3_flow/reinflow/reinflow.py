@@ -1,0 +1,292 @@
+"""ReinFlow: PPO over the exact log-probability of a flow policy's noisy integration chain."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+
+from sb3_flow.common.on_policy import FlowOnPolicyAlgorithm, PolicyTerms
+from sb3_flow.common.utils import FloatSchedule
+from sb3_flow.policies.loading import BaseFlowPolicySource
+from sb3_flow.reinflow.policies import HALF_LOG_2_PI_E, CnnReinFlowPolicy, MultiInputReinFlowPolicy, ReinFlowPolicy
+
+SelfReinFlow = TypeVar("SelfReinFlow", bound="ReinFlow")
+
+
+class ChainRolloutBufferSamples(NamedTuple):
+    observations: Any
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    chains: th.Tensor  # (K + 1, batch, action_dim)
+
+
+class ChainStorageMixin:
+    """
+    Adds the integration chain x_0 .. x_K of every action to an SB3 rollout buffer.
+
+    SB3's ``collect_rollouts`` hands the buffer only the action, so ``add`` takes the chain from the policy's last
+    rollout step (:meth:`ReinFlowPolicy.pop_last_chain`), which ran just before it.
+    """
+
+    buffer_size: int
+    n_envs: int
+    generator_ready: bool
+    device: th.device
+    chain_source: ReinFlowPolicy | None = None
+    chains: np.ndarray
+
+    def reset(self) -> None:
+        super().reset()  # type: ignore[misc]
+        self.chains_flat = False
+        if self.chain_source is not None:
+            n_chain_points = self.chain_source.n_flow_steps + 1
+            action_dim = self.chain_source.action_dim
+            self.chains = np.zeros((self.buffer_size, self.n_envs, n_chain_points, action_dim), dtype=np.float32)
+
+    def attach_policy(self, policy: ReinFlowPolicy) -> None:
+        """Take chains from ``policy`` (called by ReinFlow once the policy exists)."""
+        self.chain_source = policy
+        self.reset()
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        assert self.chain_source is not None, "attach_policy() first"
+        position = self.pos  # type: ignore[attr-defined]
+        # (K + 1, n_envs, action_dim) -> (n_envs, K + 1, action_dim)
+        self.chains[position] = self.chain_source.pop_last_chain().transpose(0, 1).cpu().numpy()
+        super().add(*args, **kwargs)  # type: ignore[misc]
+
+    def flatten(self) -> None:
+        """Let SB3 flatten (n_steps, n_envs) into one axis, and do the same for the chains."""
+        if not self.generator_ready:
+            next(self.get(batch_size=1))  # type: ignore[attr-defined]
+        if not self.chains_flat:
+            self.chains = self.swap_and_flatten(self.chains)  # type: ignore[attr-defined]
+            self.chains_flat = True
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ChainRolloutBufferSamples:
+        samples = super()._get_samples(batch_inds, env)  # type: ignore[misc]
+        if not self.chains_flat:  # flatten() is running get() for SB3's own arrays
+            return samples
+        chains = self.to_torch(self.chains[batch_inds]).transpose(0, 1)  # type: ignore[attr-defined]
+        return ChainRolloutBufferSamples(*samples, chains)
+
+
+class ChainRolloutBuffer(ChainStorageMixin, RolloutBuffer):
+    """SB3 RolloutBuffer that also keeps every action's integration chain."""
+
+
+class ChainDictRolloutBuffer(ChainStorageMixin, DictRolloutBuffer):
+    """SB3 DictRolloutBuffer that also keeps every action's integration chain."""
+
+
+class ReinFlow(FlowOnPolicyAlgorithm):
+    """
+    ReinFlow (Zhang et al., 2025, "ReinFlow: Fine-tuning Flow Matching Policy with Online Reinforcement Learning"):
+    noise injected at every integration step turns the flow into a Gaussian Markov chain with an exact
+    log-probability, and PPO runs on it. The noise is learned (``noise="learned"``) or a fixed std (``"fixed"``, the
+    DPPO / Flow-GRPO-style SDE); it is also the exploration. Deterministic prediction integrates the mean chain from
+    zero noise. The main use is fine-tuning a FlowBC base (``base_policy=``); training from scratch works too.
+
+    :param policy: "MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a ReinFlowPolicy class
+    :param env: environment or its id
+    :param learning_rate: actor learning rate (and critic's unless ``critic_learning_rate``); authors, Hopper: 4.5e-5
+    :param n_steps: steps per environment per rollout (authors: 500 x 40 envs)
+    :param batch_size: minibatch size
+    :param n_epochs: passes over each rollout (authors: 5)
+    :param gamma: discount factor
+    :param gae_lambda: GAE lambda
+    :param clip_range: PPO epsilon (authors: 0.01, on the normalized log-probability)
+    :param clip_range_vf: value clipping (None: none)
+    :param normalize_advantage: normalize advantages per minibatch
+    :param ent_coef: weight of the chain's mean per-step Gaussian entropy (authors: 0.03; no effect with fixed noise)
+    :param vf_coef: value-loss weight (authors: 0.5)
+    :param max_grad_norm: gradient-norm clipping
+    :param target_kl: stop an update's epochs early when the approximate KL exceeds 1.5x this
+    :param noise: "learned" or "fixed"
+    :param min_std: lower bound of the learned std (normalized action units; authors, Hopper: 0.10)
+    :param max_std: upper bound of the learned std, or the fixed std; a float or a schedule of the remaining progress
+        (1 -> 0), e.g. to anneal exploration (authors, Hopper: 0.24)
+    :param noise_net_arch: hidden sizes of the noise network (authors: 64x64)
+    :param n_finetune_steps: train only the last M integration steps, the earlier ones stay the base's (DPPO)
+    :param log_prob_normalization: "per_step_dim" (authors: divide by (K + 1) x action_dim) or "none"
+    :param log_ratio_clamp: the log-ratio is clamped to [-c, c] before exp
+    :param n_flow_steps: integration steps K (default: the base policy's, or 4 from scratch as the authors' locomotion)
+    :param base_policy: pretrained FlowPolicy (object, FlowBC model or path) to fine-tune
+    :param critic_warmup_rollouts: rollouts during which only the value function learns
+    :param critic_learning_rate: separate value-network learning rate (authors, Hopper: 6.5e-4)
+    :param base_regularization_coef: weight of ``||a(s, x0=0) - a_base(s, x0=0)||^2`` (authors' BC regularizer: 0.1)
+    :param rollout_buffer_class: override the rollout buffer (must keep the chains)
+    :param rollout_buffer_kwargs: its keyword arguments
+    :param stats_window_size: SB3 logging window
+    :param tensorboard_log: tensorboard folder
+    :param policy_kwargs: policy keyword arguments
+    :param verbose: verbosity
+    :param seed: random seed
+    :param device: "auto", "cpu" or "cuda"
+    :param _init_setup_model: build the networks now
+    """
+
+    default_rollout_buffer_classes = (ChainRolloutBuffer, ChainDictRolloutBuffer)
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": ReinFlowPolicy,
+        "CnnPolicy": CnnReinFlowPolicy,
+        "MultiInputPolicy": MultiInputReinFlowPolicy,
+    }
+    policy: ReinFlowPolicy
+    rollout_buffer: ChainRolloutBuffer | ChainDictRolloutBuffer
+
+    def __init__(
+        self,
+        policy: str | type[ReinFlowPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 2048,
+        batch_size: int = 64,
+        n_epochs: int = 5,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.01,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.03,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        target_kl: float | None = None,
+        noise: str = "learned",
+        min_std: float = 0.10,
+        max_std: float | Schedule = 0.24,
+        noise_net_arch: list[int] | None = None,
+        n_finetune_steps: int | None = None,
+        log_prob_normalization: str = "per_step_dim",
+        log_ratio_clamp: float = 5.0,
+        n_flow_steps: int | None = None,
+        base_policy: BaseFlowPolicySource | None = None,
+        critic_warmup_rollouts: int = 0,
+        critic_learning_rate: float | Schedule | None = None,
+        base_regularization_coef: float = 0.0,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        if not np.isfinite(log_ratio_clamp) or log_ratio_clamp <= 0:
+            raise ValueError(f"log_ratio_clamp must be a finite number > 0, got {log_ratio_clamp}")
+        if not np.isfinite(ent_coef) or ent_coef < 0:
+            raise ValueError(f"ent_coef must be a finite number >= 0, got {ent_coef}")
+        self.max_std_schedule = FloatSchedule(max_std)
+        policy_kwargs = dict(policy_kwargs or {})
+        policy_kwargs.update(
+            noise=noise,
+            min_std=min_std,
+            max_std=self.max_std_schedule(1.0),
+            noise_net_arch=noise_net_arch,
+            n_finetune_steps=n_finetune_steps,
+            log_prob_normalization=log_prob_normalization,
+        )
+        if n_flow_steps is not None:
+            policy_kwargs["n_flow_steps"] = n_flow_steps
+        elif base_policy is None:
+            policy_kwargs.setdefault("n_flow_steps", 4)
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            base_policy=base_policy,
+            critic_warmup_rollouts=critic_warmup_rollouts,
+            critic_learning_rate=critic_learning_rate,
+            base_regularization_coef=base_regularization_coef,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage,
+            target_kl=target_kl,
+        )
+        self.log_ratio_clamp = log_ratio_clamp
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        if not isinstance(self.policy, ReinFlowPolicy):
+            raise TypeError(f"ReinFlow needs a ReinFlowPolicy, got {type(self.policy).__name__}")
+        if not isinstance(self.rollout_buffer, ChainStorageMixin):
+            raise TypeError(f"ReinFlow's rollout buffer must keep the chains (ChainStorageMixin): {self.rollout_buffer_class}")
+        # The frozen early steps (n_finetune_steps) are the base policy's, which was loaded just now.
+        self.policy.sync_frozen_steps()
+        self.rollout_buffer.attach_policy(self.policy)
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
+        # The std bound is fixed for a rollout and its update, so the old and new log-probs use the same one.
+        self.policy.current_max_std = self.max_std_schedule(self._current_progress_remaining)
+        return super().collect_rollouts(*args, **kwargs)
+
+    def prepare_update(self) -> None:
+        """
+        Recompute the old chain log-probabilities in training-sized batches with the unchanged policy, so that the
+        first ratio of the update is exactly 1 (the rollout's values, computed n_envs rows at a time, may differ in
+        the last bits).
+        """
+        buffer = self.rollout_buffer
+        buffer.flatten()
+        n_rows = buffer.buffer_size * buffer.n_envs
+        old_log_probs = []
+        with th.no_grad():
+            for start in range(0, n_rows, self.batch_size):
+                rows = np.arange(start, min(start + self.batch_size, n_rows))
+                samples = buffer._get_samples(rows)
+                features = self.policy.extract_features(samples.observations, self.policy.features_extractor)
+                old_log_probs.append(self.policy.evaluate_chains(features, samples.chains)[0])
+        buffer.log_probs = th.cat(old_log_probs).cpu().numpy()
+
+    def policy_terms(self, samples: ChainRolloutBufferSamples, features: th.Tensor) -> PolicyTerms:
+        log_probs, entropy = self.policy.evaluate_chains(features, samples.chains)
+        log_ratio = (log_probs - samples.old_log_prob).clamp(-self.log_ratio_clamp, self.log_ratio_clamp)
+        # exp(mean log std): the geometric mean of the injected noise's std
+        logs = {"noise_std": float(th.exp(entropy.detach() - HALF_LOG_2_PI_E).mean())}
+        return PolicyTerms(log_ratio=log_ratio, entropy=entropy, logs=logs)
+
+    def learn(
+        self: SelfReinFlow,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "ReinFlow",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfReinFlow:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
