@@ -55,7 +55,6 @@ def test_ratio_is_exactly_one_and_log_probs_are_the_chain_likelihood(options):
     assert buffer.chains.shape == (64, 1, model.policy.n_flow_steps + 1, 1)
     # The buffer's action is the chain's end point (pre-clip).
     np.testing.assert_array_equal(buffer.chains[:, :, -1], buffer.actions)
-    rollout_log_probs = buffer.log_probs.copy().reshape(-1)
     model.prepare_update()
     ratios = []
     for samples in buffer.get(model.batch_size):
@@ -71,8 +70,14 @@ def test_ratio_is_exactly_one_and_log_probs_are_the_chain_likelihood(options):
             th.testing.assert_close(samples.old_log_prob, brute, atol=1e-4, rtol=1e-5)
     ratios = th.cat(ratios)
     assert th.equal(ratios, th.ones_like(ratios))
-    # What the rollout recorded (n_envs rows at a time) is the same likelihood: same grid, same means, same stds.
-    np.testing.assert_allclose(rollout_log_probs, buffer.log_probs, atol=1e-5)
+    # The log-probabilities the integrator records while sampling are the ones the re-evaluation computes from the
+    # stored chain: same time grid, same means, same stds.
+    policy = model.policy
+    with th.no_grad():
+        features = policy.extract_features(th.randn(16, 3), policy.features_extractor)
+        flow = policy.sample_chain(features)
+        sampled = policy.chain_log_prob(flow.step_log_probs, flow.chain)
+        th.testing.assert_close(sampled, policy.evaluate_chains(features, flow.chain)[0], atol=1e-5, rtol=1e-6)
 
 
 def test_noise_std_bounds_fixed_noise_and_schedule():

@@ -214,6 +214,7 @@ def integrate(
     velocity_modifier: VelocityModifier | None = None,
     step_noises: th.Tensor | None = None,
     return_chain: bool = False,
+    return_log_probs: bool = True,
 ) -> FlowSample:
     """
     Integrate dx/dt = v(x, t) from t = 0 (``noise``) to t = 1 in ``n_steps`` equal steps.
@@ -231,6 +232,8 @@ def integrate(
     :param velocity_modifier: (x, t, v) -> v', applied to every velocity evaluation (guidance)
     :param step_noises: optional standard normal draws for the noisy transitions, shape (K, batch, action_dim)
     :param return_chain: also return x_0 .. x_K
+    :param return_log_probs: with a noise hook, also compute the per-step log-probabilities (a caller that
+        re-evaluates the chain later with :func:`chain_log_probs` can skip them)
     :return: a :class:`FlowSample`
     """
     check_n_flow_steps(n_steps)
@@ -261,7 +264,8 @@ def integrate(
             std = noise_std_fn(x, eval_times[k if method == "euler" else 2 * k], k)
             eps = th.randn_like(mean) if step_noises is None else step_noises[k]
             x = mean + std * eps
-            log_probs.append(gaussian_log_prob(x, mean, std))
+            if return_log_probs:
+                log_probs.append(gaussian_log_prob(x, mean, std))
         if chain is not None:
             chain.append(x)
     return FlowSample(

@@ -176,6 +176,7 @@ class FlowPolicy(BoxActionPolicy):
         velocity_modifier: VelocityModifier | None = None,
         step_noises: th.Tensor | None = None,
         return_chain: bool = False,
+        return_log_probs: bool = True,
     ) -> FlowSample:
         """:meth:`integrate` for a velocity field already conditioned on the observations."""
         n_steps = self.n_flow_steps if n_steps is None else check_n_flow_steps(n_steps)
@@ -190,6 +191,7 @@ class FlowPolicy(BoxActionPolicy):
             velocity_modifier=velocity_modifier,
             step_noises=step_noises,
             return_chain=return_chain,
+            return_log_probs=return_log_probs,
         )
 
     def sample(

@@ -190,17 +190,20 @@ class ReinFlowPolicy(FlowActorCriticPolicy):
             total = total / (chain.shape[0] * self.action_dim)
         return total
 
-    def sample_chain(self, features: th.Tensor, deterministic: bool = False) -> FlowSample:
+    def sample_chain(self, features: th.Tensor, deterministic: bool = False, return_log_probs: bool = True) -> FlowSample:
         """
-        Deterministic: the mean chain from zero noise. Otherwise the noisy chain from N(0, I), with its log-probs.
+        Deterministic: the mean chain from zero noise. Otherwise the noisy chain from N(0, I), with its per-step
+        log-probabilities unless ``return_log_probs`` is False.
 
         :param features: observation features
         :param deterministic: zero initial noise and no injected noise
+        :param return_log_probs: compute the per-step log-probabilities while sampling
         """
         field = self.velocity_field_from_features(features)
         if deterministic:
             return self.integrate_field(field, deterministic=True)
-        return self.integrate_field(field, noise_std_fn=self._std_fn(self.noise_stds(features)))
+        stds = self.noise_stds(features)
+        return self.integrate_field(field, noise_std_fn=self._std_fn(stds), return_log_probs=return_log_probs)
 
     def evaluate_chains(self, features: th.Tensor, chains: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """
@@ -218,16 +221,15 @@ class ReinFlowPolicy(FlowActorCriticPolicy):
         return self.chain_log_prob(step_log_probs, chains), entropy
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """Rollout step: the chain's final point (pre-clip), values and chain log-probabilities; keeps the chain."""
+        """
+        Rollout step: the chain's final point (pre-clip), values, and zeros in place of log-probabilities; keeps the
+        chain for the rollout buffer. ReinFlow computes the chains' log-probabilities after the rollout, in training-sized
+        batches (:meth:`ReinFlow.prepare_update`), so the rollout does not compute them a first time.
+        """
         features = self.extract_features(obs, self.features_extractor)
-        flow = self.sample_chain(features, deterministic)
-        if deterministic:
-            log_probs = th.zeros(flow.actions.shape[0], device=flow.actions.device)
-            self.last_chain = None
-        else:
-            log_probs = self.chain_log_prob(flow.step_log_probs, flow.chain)
-            self.last_chain = flow.chain
-        return flow.actions, self.value_net(features), log_probs
+        flow = self.sample_chain(features, deterministic, return_log_probs=False)
+        self.last_chain = None if deterministic else flow.chain
+        return flow.actions, self.value_net(features), th.zeros(flow.actions.shape[0], device=flow.actions.device)
 
     def pop_last_chain(self) -> th.Tensor:
         """The chain of the last stochastic forward() call, handed over once (the rollout buffer takes it)."""

@@ -1,0 +1,66 @@
+"""
+Overhead of the steering wrappers: SAC on Pendulum-v1 through NoiseActionWrapper (DSRL) and ResidualActionWrapper
+vs SAC on the raw environment, in one process, alternating the three in short timed chunks so that a busy machine
+slows them alike. The base policy is a FlowBC policy of the default size (256-256-256, K = 10).
+Target (steering issue): SAC on the wrapped environment runs at >= 0.9x the steps/s of SAC on the raw one.
+
+    python -m benchmarks.steering_overhead [--chunk 500] [--repeats 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from stable_baselines3 import SAC
+from stable_baselines3.common.env_util import make_vec_env
+
+from benchmarks.common import write_json
+from sb3_flow import FlowBC, collect_demonstrations, set_torch_threads
+from sb3_flow.common.experts import pendulum_swing_up
+from sb3_flow.wrappers import NoiseActionWrapper, ResidualActionWrapper
+
+ENV_ID = "Pendulum-v1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunk", type=int, default=500, help="SAC steps per timed chunk")
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--out", default="benchmark_output/steering_overhead.json")
+    args = parser.parse_args()
+    set_torch_threads(1)
+
+    demos = collect_demonstrations(ENV_ID, pendulum_swing_up, 10, seed=0)
+    base = FlowBC("MlpPolicy", ENV_ID, demos, seed=0, device="cpu").learn(200)
+    wrappers = {
+        "raw": (None, None),
+        "NoiseActionWrapper": (NoiseActionWrapper, {"base_policy": base.policy, "noise_bound": 1.5}),
+        "ResidualActionWrapper": (ResidualActionWrapper, {"base_policy": base.policy, "append_base_action": True}),
+    }
+    models = {
+        name: SAC(
+            "MlpPolicy", make_vec_env(ENV_ID, n_envs=1, seed=0, wrapper_class=wrapper, wrapper_kwargs=kwargs),
+            learning_starts=100, seed=0, device="cpu",
+        ).learn(200)  # past learning_starts: every timed step includes a gradient step
+        for name, (wrapper, kwargs) in wrappers.items()
+    }  # fmt: skip
+    speeds: dict[str, list[float]] = {name: [] for name in models}
+    for repeat in range(args.repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.learn(args.chunk, reset_num_timesteps=False)
+            speeds[name].append(args.chunk / (time.perf_counter() - start))
+        print(repeat, {name: round(values[-1], 1) for name, values in speeds.items()}, flush=True)
+
+    raw = np.array(speeds["raw"])
+    print("\n| SAC on | steps/s (median) | ratio to raw (median of per-repeat ratios) |")
+    print("|---|---|---|")
+    for name, values in speeds.items():
+        print(f"| {name} | {np.median(values):.1f} | {np.median(np.array(values) / raw):.2f} |")
+    write_json(args.out, {"args": vars(args), "steps_per_s": speeds})
+
+
+if __name__ == "__main__":
+    main()
