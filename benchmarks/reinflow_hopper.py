@@ -5,11 +5,16 @@ states, the same for the expert, the base and every checkpoint (a paired compari
 Target (ReinFlow issue): the return improves by >= 30% over the base within 300k environment steps.
 
     python -m benchmarks.reinflow_hopper [--steps 300000] [--seeds 0 1 2] [--noise learned]
+    python -m benchmarks.reinflow_hopper --report FILE [FILE ...]   # merge seeds run in separate processes
+
+The FlowBC base is saved to --base-file and reused by later runs (the seeds can then run as parallel processes).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +42,47 @@ FINETUNE: dict[str, Any] = {
 }
 
 
+def report(payloads: list[dict[str, Any]]) -> None:
+    """Merge the curves of one or more JSON outputs (same expert and base) into one table and one plot."""
+    expert_return, bc_return = payloads[0]["expert"], payloads[0]["bc"]
+    curves: dict[str, list] = {}
+    for payload in payloads:
+        for noise, runs in payload["curves"].items():
+            curves.setdefault(noise, []).extend(runs)
+    print(f"\n{ENV_ID}: ReinFlow fine-tuning from FlowBC, {curves[next(iter(curves))][0][-1][0]} steps")
+    print("| | runs | return on 50 fixed starts | improvement over the base | worst checkpoint |")
+    print("|---|---|---|---|---|")
+    print(f"| SAC expert (100k steps) | | {expert_return:.1f} | | |")
+    print(f"| FlowBC base | | {bc_return:.1f} | 0% | |")
+    for noise, runs in curves.items():
+        finals = [curve[-1][1] for curve in runs]
+        improvement = [(final - bc_return) / abs(bc_return) for final in finals]
+        worst = [min(value for _, value in curve) for curve in runs]
+        print(
+            f"| ReinFlow, {noise} noise (mean ± std over seeds) | {len(runs)} | {mean_std(finals)} | "
+            f"{100 * np.mean(improvement):.0f}% (per seed {', '.join(f'{100 * i:.0f}%' for i in improvement)}) "
+            f"| {mean_std(worst)} |"
+        )
+    plot_curves(
+        {f"ReinFlow, {noise} noise": runs for noise, runs in curves.items()},
+        "docs/img/reinflow_hopper.png",
+        "ReinFlow fine-tuning on Hopper-v5",
+        hlines={"SAC expert": expert_return, "FlowBC base": bc_return, "+30%": bc_return + 0.3 * abs(bc_return)},
+    )
+
+
+def expert_and_base(bc_steps: int, base_file: str) -> tuple[Any, FlowBC]:
+    """The SAC expert (trained once, cached) and the FlowBC base on its noisy demonstrations (saved to ``base_file``)."""
+    expert = train_expert(ENV_ID, "sac", 100_000, seed=0)
+    if Path(base_file).is_file():
+        return expert, FlowBC.load(base_file, device="cpu")
+    demos = collect_demonstrations(ENV_ID, expert, 50, action_noise=0.3, seed=0)
+    print(demos.summary(), flush=True)
+    base = FlowBC("MlpPolicy", ENV_ID, demos, learning_rate=1e-3, n_flow_steps=4, seed=0, device="cpu").learn(bc_steps)
+    base.save(base_file)
+    return expert, base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300_000)
@@ -44,15 +90,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--noise", nargs="+", default=["learned"], choices=["learned", "fixed"])
     parser.add_argument("--bc-steps", type=int, default=20_000)
+    parser.add_argument("--base-file", default="benchmark_output/reinflow_hopper_base.zip")
     parser.add_argument("--out", default="benchmark_output/reinflow_hopper.json")
+    parser.add_argument("--report", nargs="+", metavar="FILE", help="only merge and print these JSON outputs")
     args = parser.parse_args()
+    if args.report:
+        report([json.loads(Path(path).read_text()) for path in args.report])
+        return
     set_torch_threads(1)
 
-    expert = train_expert(ENV_ID, "sac", 100_000, seed=0)
-    demos = collect_demonstrations(ENV_ID, expert, 50, action_noise=0.3, seed=0)
-    print(demos.summary(), flush=True)
-    base = FlowBC("MlpPolicy", ENV_ID, demos, learning_rate=1e-3, n_flow_steps=4, seed=0, device="cpu")
-    base.learn(args.bc_steps)
+    expert, base = expert_and_base(args.bc_steps, args.base_file)
     expert_return = evaluate_on_starts(expert, ENV_ID)
     bc_return = evaluate_on_starts(base.policy, ENV_ID)
     print(f"expert {expert_return:.1f}, FlowBC base {bc_return:.1f}", flush=True)
@@ -65,38 +112,9 @@ def main() -> None:
             curve, _ = learn_with_curve(model, args.steps, args.eval_every, ENV_ID)
             curves[noise].append(curve)
 
-    print(f"\n{ENV_ID}: ReinFlow fine-tuning from FlowBC, {args.steps} steps, seeds {args.seeds}")
-    print("| | return on 50 fixed starts | improvement over the base | worst checkpoint |")
-    print("|---|---|---|---|")
-    print(f"| SAC expert (100k steps) | {expert_return:.1f} | | |")
-    print(f"| FlowBC base | {bc_return:.1f} | 0% | |")
-    improvement = {}
-    for noise, runs in curves.items():
-        finals = [curve[-1][1] for curve in runs]
-        improvement[noise] = [(final - bc_return) / abs(bc_return) for final in finals]
-        worst = [min(value for _, value in curve) for curve in runs]
-        print(
-            f"| ReinFlow, {noise} noise (mean ± std over seeds) | {mean_std(finals)} | "
-            f"{100 * np.mean(improvement[noise]):.0f}% (per seed {', '.join(f'{100 * i:.0f}%' for i in improvement[noise])}) "
-            f"| {mean_std(worst)} |"
-        )
-    plot_curves(
-        {f"ReinFlow, {noise} noise": runs for noise, runs in curves.items()},
-        "docs/img/reinflow_hopper.png",
-        "ReinFlow fine-tuning on Hopper-v5",
-        hlines={"SAC expert": expert_return, "FlowBC base": bc_return, "+30%": bc_return + 0.3 * abs(bc_return)},
-    )
-    write_json(
-        args.out,
-        {
-            "args": vars(args),
-            "settings": FINETUNE,
-            "expert": expert_return,
-            "bc": bc_return,
-            "curves": curves,
-            "improvement": improvement,
-        },
-    )
+    payload = {"args": vars(args), "settings": FINETUNE, "expert": expert_return, "bc": bc_return, "curves": curves}
+    write_json(args.out, payload)
+    report([payload])
 
 
 if __name__ == "__main__":
