@@ -66,7 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--action-noise", type=float, default=0.3, help="demonstration action noise")
     demo.add_argument("--bc-steps", type=int, default=5_000, help="gradient steps of each BC run")
     demo.add_argument("--bc-learning-rate", type=float, default=1e-3, help="learning rate of each BC run")
-    demo.add_argument("--finetune-steps", type=int, default=51_200, help="env steps of each fine-tuning row (0: none)")
+    demo.add_argument("--finetune-steps", type=int, default=40_960, help="env steps of each fine-tuning row (0: none)")
     demo.add_argument("--steering-steps", type=int, default=2_000, help="env steps of each SAC-based steering row (0: none)")
     demo.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per row")
     demo.add_argument("--cache-dir", default=None, help="expert cache folder")

@@ -54,7 +54,7 @@ class DemoConfig:
     action_noise: float = 0.3
     bc_steps: int = 5_000
     bc_learning_rate: float = 1e-3
-    finetune_steps: int = 51_200
+    finetune_steps: int = 40_960
     steering_steps: int = 2_000
     n_eval_episodes: int = 20
     seed: int = 0

@@ -109,3 +109,12 @@ def test_non_finite_loss_stops_training_before_the_weights_change(algo):
     with pytest.raises(FloatingPointError, match=f"{algo.__name__}: the loss"):
         model.learn(32)
     assert all(th.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_target_kl_stops_the_update_early(algo):
+    kwargs = {"n_steps": 64, "batch_size": 16, "n_epochs": 10, "learning_rate": 1e-2, "seed": 0, "policy_kwargs": SMALL}
+    free = algo("MlpPolicy", "Pendulum-v1", **kwargs).learn(64)
+    stopped = algo("MlpPolicy", "Pendulum-v1", target_kl=1e-9, **kwargs).learn(64)
+    # Without a limit every epoch runs; with a tiny one the first minibatch that moves the policy ends the update.
+    assert free._n_updates == 10 and stopped._n_updates == 1

@@ -250,9 +250,9 @@ class ReinFlow(FlowOnPolicyAlgorithm):
 
     def prepare_update(self) -> None:
         """
-        Recompute the old chain log-probabilities in training-sized batches with the unchanged policy, so that the
-        first ratio of the update is exactly 1 (the rollout's values, computed n_envs rows at a time, may differ in
-        the last bits).
+        The old chain log-probabilities, computed once per update with the unchanged policy and in training-sized
+        batches (same numerics as the update's re-evaluation), so that the first ratio of the update is exactly 1. The
+        rollout steps do not compute them.
         """
         buffer = self.rollout_buffer
         buffer.flatten()
