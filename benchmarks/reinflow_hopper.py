@@ -86,10 +86,12 @@ def expert_and_base(bc_steps: int, base_file: str) -> tuple[Any, FlowBC]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300_000)
-    parser.add_argument("--eval-every", type=int, default=50_000)
+    parser.add_argument("--eval-every", type=int, default=60_000, help="a multiple of the 4000-step rollout")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--noise", nargs="+", default=["learned"], choices=["learned", "fixed"])
     parser.add_argument("--bc-steps", type=int, default=20_000)
+    parser.add_argument("--learning-rate", type=float, default=FINETUNE["learning_rate"], help="actor learning rate")
+    parser.add_argument("--n-epochs", type=int, default=FINETUNE["n_epochs"])
     parser.add_argument("--base-file", default="benchmark_output/reinflow_hopper_base.zip")
     parser.add_argument("--out", default="benchmark_output/reinflow_hopper.json")
     parser.add_argument("--report", nargs="+", metavar="FILE", help="only merge and print these JSON outputs")
@@ -104,15 +106,16 @@ def main() -> None:
     bc_return = evaluate_on_starts(base.policy, ENV_ID)
     print(f"expert {expert_return:.1f}, FlowBC base {bc_return:.1f}", flush=True)
 
+    settings = {**FINETUNE, "learning_rate": args.learning_rate, "n_epochs": args.n_epochs}
     curves: dict[str, list] = {noise: [] for noise in args.noise}
     for noise in args.noise:
         for seed in args.seeds:
             env = make_vec_env(ENV_ID, n_envs=8, seed=seed)
-            model = ReinFlow("MlpPolicy", env, base_policy=base, noise=noise, seed=seed, device="cpu", **FINETUNE)
+            model = ReinFlow("MlpPolicy", env, base_policy=base, noise=noise, seed=seed, device="cpu", **settings)
             curve, _ = learn_with_curve(model, args.steps, args.eval_every, ENV_ID)
             curves[noise].append(curve)
 
-    payload = {"args": vars(args), "settings": FINETUNE, "expert": expert_return, "bc": bc_return, "curves": curves}
+    payload = {"args": vars(args), "settings": settings, "expert": expert_return, "bc": bc_return, "curves": curves}
     write_json(args.out, payload)
     report([payload])
 

@@ -3,23 +3,26 @@ Steering a frozen Pendulum FlowBC base: DSRL (SAC on NoiseActionWrapper), DSRL-N
 weaker base: FlowBC from 10 episodes with action noise 0.6), beside SAC from scratch; same environment steps, several
 seeds; deterministic returns on 50 fixed initial states (paired across methods).
 Targets (steering issue): DSRL and DSRL-NA reach >= 90% of the expert's return within 20k steps, in fewer steps than
-SAC from scratch; residual SAC reaches >= 90% of the expert; SAC on the wrapped env runs at >= 0.9x the steps/s of SAC
-on the raw env (the "steps/s" column, same run).
+SAC from scratch; residual SAC reaches >= 90% of the expert. (The wrappers' overhead: benchmarks/steering_overhead.py.)
 
     python -m benchmarks.steering_pendulum [--steps 20000] [--seeds 0 1 2] [--methods dsrl dsrl_na residual sac]
         [--residual-scale 0.5] [--out FILE]
     python -m benchmarks.steering_pendulum --report FILE [FILE ...]   # merge runs made in separate processes
+    python -m benchmarks.steering_pendulum --recover-log LOG --seeds 1 --out FILE   # the finished runs of a stopped one
+
+``--recover-log`` rebuilds the curves of the (method, seed) runs that a stopped process completed from the lines it
+printed (returns to 0.1), re-evaluating only their untrained starting points, which the seed determines.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -80,26 +83,46 @@ def report(payloads: list[dict]) -> None:
     first = payloads[0]
     expert_return, bc_return, weak_return = first["expert"], first["bc"], first["weak_bc"]
     curves: dict[str, list] = {}
-    speeds: dict[str, list[float]] = {}
     for payload in payloads:
         for method, runs in payload["curves"].items():
             curves.setdefault(method, []).extend(runs)
-            speeds.setdefault(method, []).extend(payload["steps_per_s"][method])
     threshold = 0.9 * expert_return if expert_return > 0 else expert_return / 0.9
     print(
         f"\n{ENV_ID}: expert {expert_return:.1f}, FlowBC base {bc_return:.1f}, weaker base (residual) {weak_return:.1f}, "
         f"90%-of-expert threshold {threshold:.1f}"
     )
-    print("| method | seeds | final return (mean ± std over seeds) | first step at >= 90% of expert (per seed) | steps/s |")
-    print("|---|---|---|---|---|")
+    # Speed is measured by benchmarks/steering_overhead.py (alternating chunks in one process), not here.
+    print("| method | seeds | final return (mean ± std over seeds) | first step at >= 90% of expert (per seed) |")
+    print("|---|---|---|---|")
     for method, runs in curves.items():
         finals = [curve[-1][1] for curve in runs]
         reach = [next((step for step, value in curve if value >= threshold), None) for curve in runs]
-        print(f"| {method} | {len(runs)} | {mean_std(finals)} | {reach} | {np.mean(speeds[method]):.0f} |")
+        print(f"| {method} | {len(runs)} | {mean_std(finals)} | {reach} |")
     plot_curves(
         curves, "docs/img/steering_pendulum.png", "Steering a FlowBC base on Pendulum-v1 with SAC",
         hlines={"expert": expert_return, "FlowBC base": bc_return, "weaker base": weak_return},
     )  # fmt: skip
+
+
+def recover_curves(log: str, args: argparse.Namespace, base: FlowBC, weak_base: FlowBC) -> dict[str, list]:
+    """Curves of the runs in ``args.seeds`` x ``args.methods`` that ``log`` shows complete (see the module docstring)."""
+    printed: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for match in re.finditer(r"^  (\w+) seed (\d+) (\d+): (-?[\d.]+)$", log, flags=re.MULTILINE):
+        method, seed, steps, value = match.groups()
+        printed.setdefault((method, int(seed)), []).append((int(steps), float(value)))
+    curves: dict[str, list] = {}
+    for seed in args.seeds:
+        for method in args.methods:
+            points = printed.get((method, seed), [])
+            if not points or points[-1][0] < args.steps:
+                continue
+            method_base = weak_base if method == "residual" else base
+            start = evaluate_wrapped(
+                make_agent(method, method_base, seed, args.residual_scale), method, method_base, args.residual_scale
+            )
+            curves.setdefault(method, []).append([(0, start), *points])
+            print(f"  recovered {method} seed {seed}: start {start:.1f}, final {points[-1][1]:.1f}", flush=True)
+    return curves
 
 
 def main() -> None:
@@ -111,6 +134,7 @@ def main() -> None:
     parser.add_argument("--residual-scale", type=float, default=0.5)
     parser.add_argument("--out", default="benchmark_output/steering_pendulum.json")
     parser.add_argument("--report", nargs="+", metavar="FILE", help="only merge and print these JSON outputs")
+    parser.add_argument("--recover-log", metavar="LOG", help="rebuild the completed runs of a stopped process from its log")
     args = parser.parse_args()
     if args.report:
         report([json.loads(Path(path).read_text()) for path in args.report])
@@ -126,6 +150,13 @@ def main() -> None:
     bc_return = evaluate_on_starts(base.policy, ENV_ID)
     weak_return = evaluate_on_starts(weak_base.policy, ENV_ID)
     print(f"expert {expert_return:.1f}, FlowBC base {bc_return:.1f}, weaker base {weak_return:.1f}", flush=True)
+
+    if args.recover_log:
+        curves = recover_curves(Path(args.recover_log).read_text(), args, base, weak_base)
+        payload = {"args": vars(args), "expert": expert_return, "bc": bc_return, "weak_bc": weak_return, "curves": curves}
+        write_json(args.out, payload)
+        report([payload])
+        return
 
     curves: dict[str, list] = {method: [] for method in args.methods}
     speeds: dict[str, list[float]] = {method: [] for method in args.methods}
