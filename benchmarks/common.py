@@ -65,9 +65,13 @@ def mean_std(values: list[float]) -> str:
 
 
 def plot_curves(
-    curves: dict[str, list[list[tuple[int, float]]]], path: str, title: str, hlines: dict[str, float] | None = None
+    curves: dict[str, list[list[tuple[int, float]]]],
+    path: str,
+    title: str,
+    hlines: dict[str, float] | None = None,
+    ylim: tuple[float, float] | None = None,
 ) -> None:
-    """Mean ± std over seeds of each method's curve, plus optional horizontal reference lines, as a PNG."""
+    """Mean ± std over seeds of each method's curve, optional horizontal reference lines and y range, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,5 +92,7 @@ def plot_curves(
     axes.legend()
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if ylim is not None:
+        axes.set_ylim(*ylim)
     figure.savefig(path, dpi=100)
     plt.close(figure)
