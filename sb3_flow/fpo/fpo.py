@@ -283,6 +283,12 @@ class FlowPPO(FlowOnPolicyAlgorithm):
     def _clamped(self, cfm_losses: th.Tensor) -> th.Tensor:
         return cfm_losses if self.cfm_loss_clamp is None else cfm_losses.clamp(max=self.cfm_loss_clamp)
 
+    def _log_ratio_and_losses(self, samples: FlowRolloutBufferSamples, features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """Clamped FPO log-ratio of a minibatch and its new per-draw CFM losses."""
+        new_losses = self.policy.cfm_loss_from_features(features, samples.actions, samples.times, samples.noises)
+        log_ratio = fpo_log_ratio(self._clamped(samples.old_cfm_losses), self._clamped(new_losses), self.ratio_mode)
+        return log_ratio.clamp(-self.log_ratio_clamp, self.log_ratio_clamp), new_losses
+
     def policy_ratio(
         self, samples: FlowRolloutBufferSamples, features: th.Tensor | None = None
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -295,9 +301,7 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         """
         if features is None:
             features = self.policy.extract_features(samples.observations, self.policy.features_extractor)
-        new_losses = self.policy.cfm_loss_from_features(features, samples.actions, samples.times, samples.noises)
-        log_ratio = fpo_log_ratio(self._clamped(samples.old_cfm_losses), self._clamped(new_losses), self.ratio_mode)
-        log_ratio = log_ratio.clamp(-self.log_ratio_clamp, self.log_ratio_clamp)
+        log_ratio, new_losses = self._log_ratio_and_losses(samples, features)
         return th.exp(log_ratio), log_ratio, new_losses
 
     def prepare_update(self) -> None:
@@ -305,7 +309,8 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         self.rollout_buffer.prepare_draws(self.policy, self.n_mc_samples, self.time_sampling, self.batch_size)
 
     def policy_terms(self, samples: FlowRolloutBufferSamples, features: th.Tensor) -> PolicyTerms:
-        _ratio, log_ratio, new_losses = self.policy_ratio(samples, features)
+        # The shared update exponentiates the log-ratio itself.
+        log_ratio, new_losses = self._log_ratio_and_losses(samples, features)
         return PolicyTerms(log_ratio=log_ratio, logs={"cfm_loss": new_losses.mean().item()})
 
     def learn(
