@@ -35,7 +35,7 @@ from sb3_flow.wrappers import (
     ResidualActionWrapper,
     VecNoiseActionWrapper,
     VecResidualActionWrapper,
-    zero_init_residual,
+    zero_init_actor,
 )
 
 ENV_ID = "Pendulum-v1"
@@ -44,6 +44,7 @@ ENV_ID = "Pendulum-v1"
 def make_agent(method: str, base: FlowBC, seed: int, residual_scale: float) -> SAC:
     if method == "dsrl_na":
         env = make_vec_env(ENV_ID, n_envs=1, seed=seed)
+        # start_at_base=True (the default) zeroes the actor's mean head, as zero_init_actor does for the wrapped SAC below
         return DSRLNA("MlpPolicy", env, base_policy=base.policy, noise_bound=1.5, learning_rate=1e-3, seed=seed, device="cpu")
     if method == "dsrl":
         wrapper_class, wrapper_kwargs = NoiseActionWrapper, {"base_policy": base.policy, "noise_bound": 1.5}
@@ -60,8 +61,8 @@ def make_agent(method: str, base: FlowBC, seed: int, residual_scale: float) -> S
         wrapper_class, wrapper_kwargs = None, None
     env = make_vec_env(ENV_ID, n_envs=1, seed=seed, wrapper_class=wrapper_class, wrapper_kwargs=wrapper_kwargs)
     model = SAC("MlpPolicy", env, learning_rate=1e-3, seed=seed, device="cpu")
-    if method == "residual":
-        zero_init_residual(model)
+    if method in ("residual", "dsrl"):
+        zero_init_actor(model)  # start exactly at the base policy (zero correction / zero initial noise)
     return model
 
 

@@ -22,7 +22,7 @@ from sb3_flow.common.experts import load_expert, pendulum_swing_up, train_expert
 from sb3_flow.dsrl import DSRLNA
 from sb3_flow.fpo import FlowPPO
 from sb3_flow.reinflow import ReinFlow
-from sb3_flow.wrappers import VecNoiseActionWrapper, VecResidualActionWrapper, zero_init_residual
+from sb3_flow.wrappers import VecNoiseActionWrapper, VecResidualActionWrapper, zero_init_actor
 
 
 @dataclass
@@ -239,9 +239,10 @@ def finetune_reinflow(base: Any, config: DemoConfig, steps: int, progress_bar: b
 
 
 def steer_dsrl(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
-    """SAC in the Flow BC base's noise space (DSRL)."""
+    """SAC in the Flow BC base's noise space (DSRL), starting at the base's zero-noise action."""
     wrap = lambda env: VecNoiseActionWrapper(env, base.policy, noise_bound=1.5)  # noqa: E731
     model = SAC("MlpPolicy", wrap(make_vec_env(config.env_id, seed=config.seed)), learning_rate=1e-3, seed=config.seed)
+    zero_init_actor(model)
     return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config, wrap))
 
 
@@ -255,7 +256,7 @@ def steer_residual(base: Any, config: DemoConfig, steps: int, progress_bar: bool
     """Residual SAC around the Flow BC base, starting at exactly zero correction."""
     wrap = lambda env: VecResidualActionWrapper(env, base.policy, append_base_action=True)  # noqa: E731
     model = SAC("MlpPolicy", wrap(make_vec_env(config.env_id, seed=config.seed)), learning_rate=1e-3, seed=config.seed)
-    zero_init_residual(model)
+    zero_init_actor(model)
     return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config, wrap))
 
 

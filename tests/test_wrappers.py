@@ -10,12 +10,14 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_flow import FlowPolicy
+from sb3_flow import DSRLNA, FlowPolicy
 from sb3_flow.wrappers import (
     NoiseActionWrapper,
     ResidualActionWrapper,
     VecNoiseActionWrapper,
     VecResidualActionWrapper,
+    ZeroInitActorCallback,
+    zero_init_actor,
     zero_init_residual,
 )
 from tests.helpers import DictObsEnv
@@ -167,6 +169,51 @@ def test_zero_init_residual_starts_at_the_base_action():
         np.testing.assert_allclose(residual, [0.0], atol=1e-7)
         _, _, _, _, info = env.step(residual)
         np.testing.assert_allclose(info["env_action"], info["base_action"], atol=1e-6)
+
+
+def test_zero_init_actor_starts_dsrl_agents_at_the_base_deterministic_action():
+    policy = pendulum_policy()
+    env = NoiseActionWrapper(gym.make("Pendulum-v1"), policy)
+    obs, _ = env.reset(seed=0)
+    base_action, _ = policy.predict(obs, deterministic=True)  # zero initial noise
+    sac = SAC("MlpPolicy", env, seed=0)
+    noise_before, _ = sac.predict(obs, deterministic=True)
+    assert np.abs(noise_before).max() > 1e-3  # a random head picks some other noise
+    zero_init_actor(sac)
+    noise, _ = sac.predict(obs, deterministic=True)
+    np.testing.assert_allclose(noise, [0.0], atol=1e-7)
+    _, _, _, _, info = env.step(noise)
+    np.testing.assert_allclose(info["env_action"], base_action, atol=1e-6)
+
+    # DSRLNA does it by default (start_at_base=True)
+    action, _ = DSRLNA("MlpPolicy", "Pendulum-v1", base_policy=policy, seed=0).predict(obs, deterministic=True)
+    np.testing.assert_allclose(action, base_action, atol=1e-6)
+    action, _ = DSRLNA("MlpPolicy", "Pendulum-v1", base_policy=policy, start_at_base=False, seed=0).predict(
+        obs, deterministic=True
+    )
+    assert np.abs(action - base_action).max() > 1e-3
+    assert zero_init_residual is zero_init_actor
+    with pytest.raises(ValueError, match="actor head"):
+        zero_init_actor(FlowBCLike())
+
+
+def test_zero_init_callback_zeroes_fresh_runs_only():
+    env = NoiseActionWrapper(gym.make("Pendulum-v1"), pendulum_policy())
+    model = SAC("MlpPolicy", env, learning_starts=50, seed=0)
+    model.learn(10, callback=ZeroInitActorCallback())  # before learning_starts: the head stays zero
+    assert not model.actor.mu.weight.any() and not model.actor.mu.bias.any()
+    model.learn(60, reset_num_timesteps=False)  # gradient steps move it
+    trained = model.actor.mu.weight.detach().clone()
+    assert trained.any()
+    model.learning_starts = 10**6  # no gradient step in the next call: only the callback could change the head
+    model.learn(5, callback=ZeroInitActorCallback(), reset_num_timesteps=False)  # a continued run keeps its actor
+    assert th.equal(model.actor.mu.weight.detach(), trained)
+
+
+class FlowBCLike:
+    """An object with a policy that has neither an actor nor an action head."""
+
+    policy = th.nn.Linear(1, 1)
 
 
 def test_sac_trains_on_wrapped_vec_env_with_vecnormalize():

@@ -146,12 +146,14 @@ def test_wrappers_from_a_yaml_env_wrapper_entry(tmp_path, monkeypatch, config):
     main(
         [
             "train", "--algo", "sac", "--env", "Pendulum-v1", "--conf-file", str(config_dir() / config), "-n", "120",
-            "--seed", "0", "-f", "logs", "--hyperparams", "learning_starts:60",
+            "--seed", "0", "-f", "logs", "--hyperparams", "learning_starts:500",
         ]
     )  # fmt: skip
     from stable_baselines3 import SAC
 
     model = SAC.load(tmp_path / "logs" / "sac" / "Pendulum-v1_1" / "Pendulum-v1.zip")
+    # The YAML's ZeroInitActorCallback zeroed the mean head (no gradient step before learning_starts).
+    assert not model.actor.mu.weight.any() and not model.actor.mu.bias.any()
     # The agent acted in the wrapper's [-1, 1] space, not Pendulum's [-2, 2] torque box.
     assert float(model.action_space.high[0]) == 1.0
     expected_obs_dim = 4 if config == "sac_residual.yml" else 3

@@ -288,7 +288,8 @@ def chain_log_probs(
     same step means, so on unchanged parameters it reproduces the log-probabilities recorded while sampling
     (ReinFlow's issues #5 and #16 came from a grid mismatch between the two).
 
-    :param velocity_fn: v(x, t), called with x of shape (batch, action_dim)
+    :param velocity_fn: v(x, t), called once per evaluation with x of shape (K, batch, action_dim) and t of shape
+        (K, 1)
     :param chain: x_0 .. x_K, shape (K + 1, batch, action_dim)
     :param noise_std_fn: (x_k, t_k, k) -> std
     :param method: ``"euler"`` or ``"midpoint"``
@@ -296,16 +297,16 @@ def chain_log_probs(
     """
     n_steps = chain.shape[0] - 1
     eval_times = _evaluation_times(n_steps, method, chain.device)
-    step = _grid_step(velocity_fn, eval_times)
     dt = 1.0 / n_steps
-    log_probs = []
-    for k in range(n_steps):
-        x = chain[k]
-        if method == "euler":
-            mean = th.add(x, step(x, k), alpha=dt)
-            t_k = eval_times[k]
-        else:
-            mean = th.add(x, step(th.add(x, step(x, 2 * k), alpha=0.5 * dt), 2 * k + 1), alpha=dt)
-            t_k = eval_times[2 * k]
-        log_probs.append(gaussian_log_prob(chain[k + 1], mean, noise_std_fn(x, t_k, k)))
-    return th.stack(log_probs)
+    # The stored chain holds every x_k, so each velocity evaluation covers all K steps in one batched call
+    # (t broadcasts against x.shape[:-1]): the same means as integrate()'s loop, without K sequential calls.
+    states, next_states = chain[:-1], chain[1:]
+    if method == "euler":
+        step_times = eval_times
+        means = th.add(states, velocity_fn(states, step_times.unsqueeze(-1)), alpha=dt)
+    else:
+        step_times, half_times = eval_times[0::2], eval_times[1::2]
+        half_states = th.add(states, velocity_fn(states, step_times.unsqueeze(-1)), alpha=0.5 * dt)
+        means = th.add(states, velocity_fn(half_states, half_times.unsqueeze(-1)), alpha=dt)
+    stds = th.stack([th.as_tensor(noise_std_fn(states[k], step_times[k], k)).expand_as(states[k]) for k in range(n_steps)])
+    return gaussian_log_prob(next_states, means, stds)

@@ -113,6 +113,21 @@ class VelocityNetwork(nn.Module):
         return self.forward_conditioned(self.condition(features), x, t)
 
 
+def _direct_forwards(sequential: nn.Sequential) -> list:
+    """
+    The layers' ``forward`` methods, called directly inside the K-step loop: at the batch sizes of a rollout step
+    ``nn.Module.__call__``'s bookkeeping costs as much as a small layer. Falls back to the module calls when any
+    hook is registered, so hooks keep working.
+    """
+    modules = [sequential, *sequential]
+    has_hooks = any(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks for module in modules
+    ) or bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+    if has_hooks:
+        return [sequential]
+    return [layer.forward for layer in sequential]
+
+
 class ConditionedVelocity:
     """
     The velocity field of one batch of observations, as :mod:`sb3_flow.common.flow` consumes it.
@@ -136,5 +151,12 @@ class ConditionedVelocity:
             return lambda x, i: network.trunk(self.conditioning + network.action_projection(x) + time_terms[i])
         first_layer_bases = (self.conditioning.unsqueeze(0) + time_terms.unsqueeze(1)).unbind(0)
         action_weight_t = network.action_projection.weight.t()
-        trunk = network.trunk
-        return lambda x, i: trunk(th.addmm(first_layer_bases[i], x, action_weight_t))
+        trunk_forwards = _direct_forwards(network.trunk)
+
+        def step(x: th.Tensor, i: int) -> th.Tensor:
+            hidden = th.addmm(first_layer_bases[i], x, action_weight_t)
+            for forward in trunk_forwards:
+                hidden = forward(hidden)
+            return hidden
+
+        return step

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from torch import nn
 
 try:
     from stable_baselines3.common.utils import FloatSchedule
@@ -99,3 +101,39 @@ def check_policy_matches_env(
         raise ValueError(
             f"The {what}'s action space {policy_action_space} does not match the environment's action space {env_action_space}"
         )
+
+
+def _last_linear(module: nn.Module) -> nn.Linear:
+    linears = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
+    if not linears:
+        raise ValueError(f"no linear layer in {type(module).__name__}")
+    return linears[-1]
+
+
+def zero_init_actor(model: BaseAlgorithm) -> None:
+    """
+    Zero the last layer of an SB3 agent's actor so that its deterministic action starts at exactly 0 (SAC / TQC /
+    DSRLNA: the mean head; TD3 / DDPG: the last layer before tanh, target actor synced; PPO / A2C: the action head).
+
+    Steering agents then start exactly at the base policy: a residual agent adds zero correction (Policy Decorator,
+    Yuan et al., 2024), and a DSRL agent (SAC on :class:`~sb3_flow.wrappers.NoiseActionWrapper`, or
+    :class:`~sb3_flow.DSRLNA`) feeds the base policy zero initial noise, its deterministic action, instead of the
+    arbitrary noise a randomly initialized head picks (on Pendulum that random start was 22 points below the base).
+
+    :param model: an SB3 model whose actor acts on a steering wrapper's action space (or DSRLNA)
+    :raises ValueError: for a model whose actor head is not found
+    """
+    policy = model.policy
+    actor = getattr(policy, "actor", None)
+    if actor is not None and hasattr(actor, "mu"):
+        head = actor.mu if isinstance(actor.mu, nn.Linear) else _last_linear(actor.mu)
+    elif hasattr(policy, "action_net"):
+        head = policy.action_net
+    else:
+        raise ValueError(f"zero_init_actor does not know the actor head of {type(policy).__name__}")
+    with th.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    actor_target = getattr(policy, "actor_target", None)
+    if actor is not None and actor_target is not None:
+        actor_target.load_state_dict(actor.state_dict())

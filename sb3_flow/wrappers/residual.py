@@ -10,12 +10,10 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
-from torch import nn
 
-from sb3_flow.common.utils import check_box_action_space, check_positive_finite
+from sb3_flow.common.utils import check_box_action_space, check_positive_finite, zero_init_actor
 from sb3_flow.policies.loading import BaseFlowPolicySource, load_flow_policy
 
 BASE_NOISE_MODES = ("zero", "random")
@@ -152,7 +150,7 @@ class ResidualActionWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     Residual wrapper for one environment: ``env action = clip(base action + residual_scale * agent action)``.
     ``info`` reports ``env_action``, ``base_action`` (env units) and ``residual_applied``. One base-policy call per
     environment step. See :class:`ResidualCore` for the parameters; to start training at exactly zero correction,
-    call :func:`zero_init_residual` on the agent.
+    call :func:`~sb3_flow.common.utils.zero_init_actor` (alias ``zero_init_residual``) on the agent.
     """
 
     def __init__(
@@ -269,32 +267,5 @@ class VecResidualActionWrapper(VecEnvWrapper):
             infos[index]["terminal_observation"] = _row(augmented, row)
 
 
-def _last_linear(module: nn.Module) -> nn.Linear:
-    linears = [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
-    if not linears:
-        raise ValueError(f"no linear layer in {type(module).__name__}")
-    return linears[-1]
-
-
-def zero_init_residual(model: BaseAlgorithm) -> None:
-    """
-    Zero the last layer of an SB3 agent's actor so that its deterministic action, the residual, starts at exactly 0
-    (SAC / TQC: the mean head; TD3 / DDPG: the last layer before tanh; PPO / A2C: the action head).
-
-    :param model: an SB3 model trained on a residual-wrapped environment
-    :raises ValueError: for a model whose actor head is not found
-    """
-    policy = model.policy
-    actor = getattr(policy, "actor", None)
-    if actor is not None and hasattr(actor, "mu"):
-        head = _last_linear(actor.mu) if not isinstance(actor.mu, nn.Linear) else actor.mu
-    elif hasattr(policy, "action_net"):
-        head = policy.action_net
-    else:
-        raise ValueError(f"zero_init_residual does not know the actor head of {type(policy).__name__}")
-    with th.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-    actor_target = getattr(policy, "actor_target", None)
-    if actor is not None and actor_target is not None:
-        actor_target.load_state_dict(actor.state_dict())
+# The residual agent starts at exactly zero correction: the shared helper, under the name the residual papers use.
+zero_init_residual = zero_init_actor
