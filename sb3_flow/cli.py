@@ -69,6 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--finetune-steps", type=int, default=40_960, help="env steps of each fine-tuning row (0: none)")
     demo.add_argument("--steering-steps", type=int, default=2_000, help="env steps of each SAC-based steering row (0: none)")
     demo.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per row")
+    demo.add_argument("--workers", type=int, default=2, help="processes for the fine-tuning rows (1: sequential)")
     demo.add_argument("--cache-dir", default=None, help="expert cache folder")
     demo.add_argument("--out-dir", default="demo_output", help="output folder")
     _add_common(demo)
@@ -147,6 +148,7 @@ def _demo(args: argparse.Namespace) -> int:
         finetune_steps=args.finetune_steps,
         steering_steps=args.steering_steps,
         n_eval_episodes=args.eval_episodes,
+        n_workers=args.workers,
         seed=args.seed,
         out_dir=args.out_dir,
         cache_dir=args.cache_dir,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from stable_baselines3.common.monitor import Monitor
 from sb3_flow.bc import FlowBC, GaussianBC
 from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations
 from sb3_flow.common.experts import load_expert, pendulum_swing_up, train_expert
+from sb3_flow.common.utils import set_torch_threads
 from sb3_flow.dsrl import DSRLNA
 from sb3_flow.fpo import FlowPPO
 from sb3_flow.reinflow import ReinFlow
@@ -41,6 +44,8 @@ class DemoConfig:
     :param finetune_steps: environment steps of each on-policy fine-tuning method (0: skip those rows)
     :param steering_steps: environment steps of each steering method, SAC-based (0: skip those rows)
     :param n_eval_episodes: evaluation episodes per row
+    :param n_workers: processes that run the fine-tuning rows, which are independent once Flow BC is trained
+        (1: one after the other in this process; each worker uses one torch thread)
     :param seed: random seed
     :param out_dir: where the demonstrations, models, results.json and demo.png are written
     :param cache_dir: expert cache folder (None: the default)
@@ -57,6 +62,7 @@ class DemoConfig:
     finetune_steps: int = 40_960
     steering_steps: int = 2_000
     n_eval_episodes: int = 20
+    n_workers: int = 2
     seed: int = 0
     out_dir: str = "demo_output"
     cache_dir: str | None = None
@@ -128,6 +134,8 @@ def run_demo(config: DemoConfig, progress_bar: bool = True, log: Callable[[str],
     :param log: where progress lines go
     :return: the table rows and file paths
     """
+    if isinstance(config.n_workers, bool) or not isinstance(config.n_workers, int) or config.n_workers < 1:
+        raise ValueError(f"n_workers must be a positive integer, got {config.n_workers!r}")
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = DemoResult(config)
@@ -162,18 +170,16 @@ def run_demo(config: DemoConfig, progress_bar: bool = True, log: Callable[[str],
         mean, std = _evaluate(model.policy, config)
         result.rows.append(DemoRow(name, mean, std, seconds, f"{config.bc_steps} gradient steps"))
 
-    flow_bc = pretrained["Flow BC"]
-    for name, (finetune, budget) in FINETUNERS.items():
-        steps = getattr(config, budget)
-        if steps <= 0:
-            continue
+    jobs = [(name, getattr(config, budget)) for name, (_, budget) in FINETUNERS.items() if getattr(config, budget) > 0]
+    for name, steps in jobs:
         log(f"[fine-tune] {name}: {steps} environment steps from Flow BC")
-        tuned, seconds = _timed(lambda finetune=finetune, steps=steps: finetune(flow_bc, config, steps, progress_bar))
-        path = out_dir / f"{name.split()[0].lower()}.zip"
-        tuned.model.save(path)
-        result.files[name] = str(path)
-        mean, std = evaluate_policy(tuned.model, tuned.eval_env, n_eval_episodes=config.n_eval_episodes, deterministic=True)
-        result.rows.append(DemoRow(name, float(mean), float(std), seconds, f"{steps} env steps"))
+    if config.n_workers > 1 and len(jobs) > 1:
+        finished = _finetune_in_workers(jobs, config, result.files["Flow BC"])
+    else:
+        finished = [_finetune_row(name, steps, pretrained["Flow BC"], config, progress_bar) for name, steps in jobs]
+    for row, path in finished:
+        result.rows.append(row)
+        result.files[row.name] = path
 
     result.files["results"] = str(out_dir / "results.json")
     result.files["plot"] = str(out_dir / "demo.png")
@@ -182,6 +188,32 @@ def run_demo(config: DemoConfig, progress_bar: bool = True, log: Callable[[str],
     )
     plot_rows(result.rows, result.files["plot"], f"sb3-flow demo on {config.env_id}")
     return result
+
+
+def _finetune_row(name: str, steps: int, flow_bc: Any, config: DemoConfig, progress_bar: bool) -> tuple[DemoRow, str]:
+    """Run one fine-tuning row: train from the Flow BC base, save, evaluate."""
+    finetune, _ = FINETUNERS[name]
+    tuned, seconds = _timed(lambda: finetune(flow_bc, config, steps, progress_bar))
+    path = Path(config.out_dir) / f"{name.split()[0].lower()}.zip"
+    tuned.model.save(path)
+    mean, std = evaluate_policy(tuned.model, tuned.eval_env, n_eval_episodes=config.n_eval_episodes, deterministic=True)
+    return DemoRow(name, float(mean), float(std), seconds, f"{steps} env steps"), str(path)
+
+
+def _finetune_worker(name: str, steps: int, config: DemoConfig, flow_bc_path: str) -> tuple[DemoRow, str]:
+    # A fresh (spawned) process: one torch thread, the base loaded from the file the main process saved.
+    set_torch_threads(1)
+    flow_bc = FlowBC.load(flow_bc_path, device="cpu")
+    return _finetune_row(name, steps, flow_bc, config, progress_bar=False)
+
+
+def _finetune_in_workers(jobs: list[tuple[str, int]], config: DemoConfig, flow_bc_path: str) -> list[tuple[DemoRow, str]]:
+    """The fine-tuning rows in ``config.n_workers`` processes; rows come back in the order of ``jobs``."""
+    # spawn, not fork: a forked copy of a process that already ran torch can hang in its thread pool.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=config.n_workers, mp_context=context) as pool:
+        futures = [pool.submit(_finetune_worker, name, steps, config, flow_bc_path) for name, steps in jobs]
+        return [future.result() for future in futures]
 
 
 def _pretrain(algorithm: type, demos: Demonstrations, config: DemoConfig, progress_bar: bool) -> Any:

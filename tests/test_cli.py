@@ -95,3 +95,20 @@ def test_demo_prints_the_table_and_writes_results_and_plot(tmp_path, capsys):
     assert all(np.isfinite(row["mean_return"]) for row in results["rows"])
     assert (out_dir / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Demonstrations.load(out_dir / "demos.npz").n_episodes == 3
+
+
+def test_demo_rows_are_the_same_with_worker_processes(tmp_path):
+    from sb3_flow.demo import DemoConfig, run_demo
+
+    def rows(n_workers: int) -> list:
+        config = DemoConfig(
+            expert="scripted", n_episodes=2, bc_steps=20, finetune_steps=256, steering_steps=0, n_eval_episodes=2,
+            n_workers=n_workers, out_dir=str(tmp_path / f"w{n_workers}"),
+        )  # fmt: skip
+        return [(row.name, row.mean_return) for row in run_demo(config, progress_bar=False, log=lambda _: None).rows]
+
+    sequential, parallel = rows(1), rows(2)
+    assert [name for name, _ in parallel][-2:] == ["FlowPPO fine-tune", "ReinFlow fine-tune"]
+    assert parallel == sequential  # the workers load the saved Flow BC base: same weights, same seeds, same rows
+    with pytest.raises(ValueError, match="n_workers"):
+        run_demo(DemoConfig(expert="scripted", n_workers=0, out_dir=str(tmp_path / "bad")))
