@@ -5,8 +5,10 @@ seeds; deterministic returns on 50 fixed initial states (paired across methods).
 Targets (steering issue): DSRL and DSRL-NA reach >= 90% of the expert's return within 20k steps, in fewer steps than
 SAC from scratch; residual SAC reaches >= 90% of the expert. (The wrappers' overhead: benchmarks/steering_overhead.py.)
 
-    python -m benchmarks.steering_pendulum [--steps 20000] [--seeds 0 1 2] [--methods dsrl dsrl_na residual sac]
-        [--residual-scale 0.5] [--out FILE]
+    python -m benchmarks.steering_pendulum [--steps 20000] [--eval-every 1000] [--seeds 0 1 2]
+        [--methods dsrl dsrl_na residual sac] [--residual-scale 0.5] [--out FILE]
+
+DSRL's and DSRL-NA's agents start at the base policy (a zeroed actor mean head); the residual agent at zero correction.
     python -m benchmarks.steering_pendulum --report FILE [FILE ...]   # merge runs made in separate processes
     python -m benchmarks.steering_pendulum --recover-log LOG --seeds 1 --out FILE   # the finished runs of a stopped one
 
@@ -130,7 +132,7 @@ def recover_curves(log: str, args: argparse.Namespace, base: FlowBC, weak_base: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--eval-every", type=int, default=2_000)
+    parser.add_argument("--eval-every", type=int, default=1_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["dsrl", "dsrl_na", "residual", "sac"])
     parser.add_argument("--residual-scale", type=float, default=0.5)
