@@ -45,7 +45,8 @@ class DemoConfig:
     :param steering_steps: environment steps of each steering method, SAC-based (0: skip those rows)
     :param n_eval_episodes: evaluation episodes per row
     :param n_workers: processes that run the fine-tuning rows, which are independent once Flow BC is trained
-        (1: one after the other in this process; each worker uses one torch thread)
+        (1: one after the other in this process; each worker uses one torch thread). The workers are spawned, so a
+        script that calls :func:`run_demo` with more than one must do it under ``if __name__ == "__main__":``
     :param seed: random seed
     :param out_dir: where the demonstrations, models, results.json and demo.png are written
     :param cache_dir: expert cache folder (None: the default)

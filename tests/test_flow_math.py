@@ -148,3 +148,11 @@ def test_gaussian_log_prob_matches_torch():
 def test_non_positive_or_non_integer_steps_are_rejected(bad):
     with pytest.raises(ValueError, match="n_flow_steps must be a positive integer"):
         integrate(lambda x, t: x, th.zeros(1, 1), bad)
+
+
+def test_chain_log_probs_keeps_the_chain_dtype_for_a_scalar_std():
+    th.manual_seed(0)
+    out = integrate(lambda x, t: -x, th.randn(3, 2), 4, noise_std_fn=lambda x, t, k: th.tensor(0.2))
+    recomputed = chain_log_probs(lambda x, t: -x, out.chain, lambda x, t, k: th.tensor(0.2, dtype=th.float64))
+    assert recomputed.dtype == th.float32 and recomputed.shape == (4, 3)
+    assert th.allclose(recomputed, out.step_log_probs)

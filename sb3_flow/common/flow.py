@@ -308,5 +308,6 @@ def chain_log_probs(
         step_times, half_times = eval_times[0::2], eval_times[1::2]
         half_states = th.add(states, velocity_fn(states, step_times.unsqueeze(-1)), alpha=0.5 * dt)
         means = th.add(states, velocity_fn(half_states, half_times.unsqueeze(-1)), alpha=dt)
-    stds = th.stack([th.as_tensor(noise_std_fn(states[k], step_times[k], k)).expand_as(states[k]) for k in range(n_steps)])
+    step_stds = [noise_std_fn(states[k], step_times[k], k) for k in range(n_steps)]
+    stds = th.stack([th.as_tensor(std, dtype=states.dtype, device=states.device).expand_as(states[0]) for std in step_stds])
     return gaussian_log_prob(next_states, means, stds)
