@@ -266,3 +266,25 @@ def test_vec_residual_terminal_observations_carry_the_base_action_too():
     model = SAC("MlpPolicy", venv, learning_starts=10, gradient_steps=1, seed=0, buffer_size=500)
     model.learn(220)
     assert model.replay_buffer.next_observations.shape[-1] == 4
+
+
+def test_small_batch_inference_switches_onednn_off_only_for_small_cpu_batches():
+    from sb3_flow.common.utils import ONEDNN_MIN_ROWS, small_batch_inference
+
+    assert th.backends.mkldnn.enabled
+    with small_batch_inference(1, "cpu"):
+        assert not th.backends.mkldnn.enabled
+    assert th.backends.mkldnn.enabled  # restored
+    with small_batch_inference(ONEDNN_MIN_ROWS, "cpu"):
+        assert th.backends.mkldnn.enabled
+    with pytest.raises(RuntimeError), small_batch_inference(1, "cpu"):
+        raise RuntimeError("boom")
+    assert th.backends.mkldnn.enabled  # restored after an error too
+    # The wrapper's actions agree with the policy's own (oneDNN) integration to float rounding.
+    policy = pendulum_policy()
+    obs = th.randn(3, 3)
+    with th.no_grad():
+        reference = policy.sample(obs, noise=th.zeros(3, 1))
+        with small_batch_inference(3, "cpu"):
+            fast = policy.sample(obs, noise=th.zeros(3, 1))
+    assert th.allclose(fast, reference, atol=1e-5)

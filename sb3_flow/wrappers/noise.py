@@ -17,7 +17,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from sb3_flow.common.utils import check_box_action_space, check_positive_finite
+from sb3_flow.common.utils import check_box_action_space, check_positive_finite, small_batch_inference
 from sb3_flow.policies.flow_policy import FlowPolicy
 from sb3_flow.policies.loading import BaseFlowPolicySource, load_flow_policy
 
@@ -47,7 +47,7 @@ def decode_noise_actions(policy: FlowPolicy, observations: Any, agent_actions: n
     """
     obs_tensor, _ = policy.obs_to_tensor(observations)
     noise = th.as_tensor(noise_bound * agent_actions, device=policy.device)
-    with th.no_grad():
+    with th.no_grad(), small_batch_inference(len(agent_actions), policy.device):
         normalized = policy.sample(obs_tensor, noise=noise).cpu().numpy()
     actions = policy.unscale_action(normalized)
     return actions.reshape((-1, *policy.action_space.shape))

@@ -13,7 +13,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from sb3_flow.common.utils import check_box_action_space, check_positive_finite, zero_init_actor
+from sb3_flow.common.utils import check_box_action_space, check_positive_finite, small_batch_inference, zero_init_actor
 from sb3_flow.policies.loading import BaseFlowPolicySource, load_flow_policy
 
 BASE_NOISE_MODES = ("zero", "random")
@@ -102,7 +102,7 @@ class ResidualCore:
             noise = th.zeros(shape, device=self.base_policy.device)
         else:
             noise = th.randn(shape, generator=self.noise_generator, device=self.base_policy.device)
-        with th.no_grad():
+        with th.no_grad(), small_batch_inference(n_rows, self.base_policy.device):
             return self.base_policy.sample(obs_tensor, noise=noise).cpu().numpy()
 
     def augment(self, observations: Any, base_actions: np.ndarray) -> Any:
