@@ -61,8 +61,9 @@ class FlowActorCriticPolicy(FlowPolicy):
         """
         Rollout step: pre-clip normalized actions, values, and zeros in place of log-probabilities (a flow has none).
         """
-        features = self.extract_features(obs, self.features_extractor)
-        flow = self.integrate_field(self.velocity_field_from_features(features), deterministic=deterministic)
+        with self.inference_kernels(obs):
+            features = self.extract_features(obs, self.features_extractor)
+            flow = self.integrate_field(self.velocity_field_from_features(features), deterministic=deterministic)
         actions = flow.actions
         if self.action_perturbation_std > 0 and not deterministic:
             actions = actions + self.action_perturbation_std * th.randn_like(actions)

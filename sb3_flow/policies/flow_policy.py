@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch as th
@@ -20,6 +21,7 @@ from sb3_flow.common.flow import (
 )
 from sb3_flow.common.flow import cfm_loss as flow_cfm_loss
 from sb3_flow.common.networks import ConditionedVelocity, VelocityNetwork
+from sb3_flow.common.utils import small_batch_inference
 from sb3_flow.policies.base import BoxActionPolicy
 
 
@@ -237,8 +239,20 @@ class FlowPolicy(BoxActionPolicy):
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self.sample(obs, deterministic=deterministic)
 
+    def inference_kernels(self, obs: PyTorchObs) -> contextlib.AbstractContextManager:
+        """
+        Context for a no-grad call on ``obs`` (``predict``, a rollout step): small CPU batches run with oneDNN off,
+        whose fixed per-call cost makes the exact GELU several times slower at a few rows
+        (:func:`~sb3_flow.common.utils.small_batch_inference`). Nothing changes while autograd records.
+        """
+        if th.is_grad_enabled():
+            return contextlib.nullcontext()
+        n_rows = next(iter(obs.values())).shape[0] if isinstance(obs, dict) else obs.shape[0]
+        return small_batch_inference(n_rows, self.device)
+
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
-        return self.sample(observation, deterministic=deterministic)
+        with self.inference_kernels(observation):
+            return self.sample(observation, deterministic=deterministic)
 
 
 class CnnFlowPolicy(FlowPolicy):

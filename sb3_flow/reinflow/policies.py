@@ -226,8 +226,9 @@ class ReinFlowPolicy(FlowActorCriticPolicy):
         chain for the rollout buffer. ReinFlow computes the chains' log-probabilities after the rollout, in training-sized
         batches (:meth:`ReinFlow.prepare_update`), so the rollout does not compute them a first time.
         """
-        features = self.extract_features(obs, self.features_extractor)
-        flow = self.sample_chain(features, deterministic, return_log_probs=False)
+        with self.inference_kernels(obs):
+            features = self.extract_features(obs, self.features_extractor)
+            flow = self.sample_chain(features, deterministic, return_log_probs=False)
         self.last_chain = None if deterministic else flow.chain
         return flow.actions, self.value_net(features), th.zeros(flow.actions.shape[0], device=flow.actions.device)
 
@@ -239,8 +240,9 @@ class ReinFlowPolicy(FlowActorCriticPolicy):
         return chain
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
-        features = self.extract_features(observation, self.features_extractor)
-        return self.sample_chain(features, deterministic).actions.clamp(-1.0, 1.0)
+        with self.inference_kernels(observation):
+            features = self.extract_features(observation, self.features_extractor)
+            return self.sample_chain(features, deterministic).actions.clamp(-1.0, 1.0)
 
 
 class CnnReinFlowPolicy(ReinFlowPolicy):
