@@ -59,6 +59,31 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
     print(f"\nwrote {out}")
 
 
+def print_speed_ratios(speeds: dict[str, list[float]], baseline: str, label: str = "method", prefix: str = "") -> None:
+    """
+    Markdown rows for speeds measured in alternating chunks of one process: the median steps/s, the median of the
+    per-repeat ratios to ``baseline`` (the headline: each repeat's methods shared the same machine state), their
+    range, and the ratio of total times (baseline time / method time over all repeats).
+
+    :param speeds: steps/s per method, one value per repeat, ``baseline`` among them
+    :param baseline: the method the ratios are relative to
+    :param label: header of the first column
+    :param prefix: a leading cell for every row (e.g. ``"| Hopper-v5 "``), with its header cell in ``label``
+    """
+    reference = np.array(speeds[baseline])
+    n_cells = 2 if prefix else 1
+    columns = f"steps/s (median) | ratio to {baseline} (median of per-repeat ratios) | per-repeat range | ratio of total times"
+    print(f"\n| {label} | {columns} |")
+    print("|---" * (n_cells + 4) + "|")
+    for name, values in speeds.items():
+        ratios = np.array(values) / reference
+        total = np.sum(1.0 / reference) / np.sum(1.0 / np.array(values))
+        print(
+            f"{prefix}| {name} | {np.median(values):.1f} | {np.median(ratios):.2f} | {ratios.min():.2f}-{ratios.max():.2f} | "
+            f"{total:.2f} |"
+        )
+
+
 def mean_std(values: list[float]) -> str:
     """``mean ± std`` of a list."""
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}"

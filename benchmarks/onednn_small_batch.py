@@ -14,11 +14,10 @@ import contextlib
 import time
 from typing import Any
 
-import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from benchmarks.common import write_json
+from benchmarks.common import print_speed_ratios, write_json
 from sb3_flow import FlowPPO, ReinFlow, set_torch_threads
 from sb3_flow.policies.flow_policy import FlowPolicy
 
@@ -60,11 +59,7 @@ def main() -> None:
             speeds.setdefault(f"ReinFlow, {mode}", []).append(steps_per_second(reinflow, args.steps))
         FlowPolicy.inference_kernels = switch
         print(repeat, {name: round(values[-1]) for name, values in speeds.items()}, flush=True)
-    ppo = np.array(speeds["PPO"])
-    print("\n| method | steps/s (median) | ratio to PPO (median of per-repeat ratios) |")
-    print("|---|---|---|")
-    for name, values in speeds.items():
-        print(f"| {name} | {np.median(values):.0f} | {np.median(np.array(values) / ppo):.2f} |")
+    print_speed_ratios(speeds, "PPO")
     write_json(args.out, {"args": vars(args), "steps_per_s": speeds})
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 
-from benchmarks.common import write_json
+from benchmarks.common import print_speed_ratios, write_json
 from sb3_flow import ReinFlow, set_torch_threads
 
 SHARED = {"n_steps": 256, "batch_size": 256, "n_epochs": 5}
@@ -57,13 +56,8 @@ def main() -> None:
             print(env_id, repeat, {key: round(values[-1]) for key, values in speeds.items()}, flush=True)
         results[env_id] = speeds
 
-    print("\n| env | method | steps/s (median) | ratio to PPO (median of per-repeat ratios) |")
-    print("|---|---|---|---|")
     for env_id, speeds in results.items():
-        ppo = np.array(speeds["PPO"])
-        for name, values in speeds.items():
-            ratio = np.median(np.array(values) / ppo)
-            print(f"| {env_id} | {name} | {np.median(values):.0f} | {ratio:.2f} |")
+        print_speed_ratios(speeds, "PPO", label="env | method", prefix=f"| {env_id} ")
     write_json(args.out, {"args": vars(args), "settings": SHARED, "steps_per_s": results})
 
 

@@ -5,18 +5,20 @@ slows them alike. The base policy is a FlowBC policy of the default size (256-25
 Target (steering issue): SAC on the wrapped environment runs at >= 0.9x the steps/s of SAC on the raw one.
 
     python -m benchmarks.steering_overhead [--chunk 500] [--repeats 4]
+    python -m benchmarks.steering_overhead --report FILE   # reprint the table of a run's JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
-import numpy as np
 from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 
-from benchmarks.common import write_json
+from benchmarks.common import print_speed_ratios, write_json
 from sb3_flow import FlowBC, collect_demonstrations, set_torch_threads
 from sb3_flow.common.experts import pendulum_swing_up
 from sb3_flow.wrappers import NoiseActionWrapper, ResidualActionWrapper
@@ -29,7 +31,11 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=500, help="SAC steps per timed chunk")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", default="benchmark_output/steering_overhead.json")
+    parser.add_argument("--report", metavar="FILE", help="only print the table of this JSON output")
     args = parser.parse_args()
+    if args.report:
+        print_speed_ratios(json.loads(Path(args.report).read_text())["steps_per_s"], "raw", label="SAC on")
+        return
     set_torch_threads(1)
 
     demos = collect_demonstrations(ENV_ID, pendulum_swing_up, 10, seed=0)
@@ -54,11 +60,7 @@ def main() -> None:
             speeds[name].append(args.chunk / (time.perf_counter() - start))
         print(repeat, {name: round(values[-1], 1) for name, values in speeds.items()}, flush=True)
 
-    raw = np.array(speeds["raw"])
-    print("\n| SAC on | steps/s (median) | ratio to raw (median of per-repeat ratios) |")
-    print("|---|---|---|")
-    for name, values in speeds.items():
-        print(f"| {name} | {np.median(values):.1f} | {np.median(np.array(values) / raw):.2f} |")
+    print_speed_ratios(speeds, "raw", label="SAC on")
     write_json(args.out, {"args": vars(args), "steps_per_s": speeds})
 
 

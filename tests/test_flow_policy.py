@@ -166,3 +166,36 @@ def test_load_flow_policy_accepts_objects_models_and_paths(tmp_path):
         load_flow_policy(42)
     with pytest.raises(FileNotFoundError):
         load_flow_policy(tmp_path / "nothing.zip")
+
+
+def test_predict_and_rollout_steps_run_small_batches_without_onednn(monkeypatch):
+    from sb3_flow import FlowPPO, ReinFlow
+
+    seen: list[bool] = []
+    original = integrate
+
+    def recording_integrate(*args, **kwargs):
+        seen.append(th.backends.mkldnn.enabled)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("sb3_flow.policies.flow_policy.integrate", recording_integrate)
+    policy = make_policy(net_arch=[16], n_flow_steps=3)
+    policy.predict(np.zeros(3, dtype=np.float32), deterministic=True)  # one row: native kernels
+    policy.predict(np.zeros((64, 3), dtype=np.float32), deterministic=True)  # 64 rows: oneDNN kept
+    with policy.inference_kernels(th.zeros(1, 3)):  # autograd recording: nothing changes
+        policy.integrate(th.zeros(1, 3))
+    assert seen == [False, True, True] and th.backends.mkldnn.enabled
+    for algorithm in (FlowPPO, ReinFlow):  # their rollout forward, under no_grad, with 2 environments
+        seen.clear()
+        model = algorithm("MlpPolicy", "Pendulum-v1", n_steps=4, batch_size=4, n_epochs=1, seed=0,
+                          policy_kwargs={"net_arch": [16]})  # fmt: skip
+        obs = th.zeros(2, 3)
+        with th.no_grad():
+            model.policy(obs)
+        assert seen == [False] and th.backends.mkldnn.enabled
+    # DSRLNA's frozen base acting for one environment
+    from sb3_flow import DSRLNA
+
+    seen.clear()
+    DSRLNA("MlpPolicy", "Pendulum-v1", base_policy=policy, seed=0).predict(np.zeros(3, dtype=np.float32))
+    assert seen == [False] and th.backends.mkldnn.enabled

@@ -116,7 +116,8 @@ class DSRLNA(SAC):
     def base_actions(self, observations: PyTorchObs, unit_noise: th.Tensor) -> th.Tensor:
         """Normalized environment actions of the base policy from initial noise ``noise_bound * unit_noise``."""
         assert isinstance(self.base_policy, FlowPolicy)
-        with th.no_grad():
+        # The frozen base is pure inference: its one-row calls (acting, warm-up) take the fast small-batch kernels.
+        with th.no_grad(), self.base_policy.inference_kernels(observations):
             return self.base_policy.sample(observations, noise=self.noise_bound * unit_noise)
 
     def _unit_noise_draws(self, n_rows: int) -> th.Tensor:
