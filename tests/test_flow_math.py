@@ -5,6 +5,7 @@ import torch as th
 
 from sb3_flow.common.flow import (
     cfm_loss,
+    cfm_loss_weights,
     chain_log_probs,
     gaussian_log_prob,
     integrate,
@@ -52,6 +53,22 @@ def test_cfm_loss_is_zero_for_the_straight_path_velocity_and_keeps_every_draw():
     assert th.allclose(zero, expected)
     # Same draws, same loss: FPO relies on re-evaluating on stored draws.
     assert th.equal(zero, cfm_loss(lambda x, t: th.zeros_like(x), actions, times, noises))
+
+
+def test_noise_weighting_is_the_error_of_the_noise_recovered_from_the_velocity():
+    actions, times, noises = th.randn(4, 2), th.rand(4, 3), th.randn(4, 3, 2)
+
+    def field(x, t):
+        return th.sin(x) + t.unsqueeze(-1)
+
+    x_t = interpolate(noises, actions.unsqueeze(1), times)
+    recovered_noises = x_t - times.unsqueeze(-1) * field(x_t, times)
+    noise_errors = (recovered_noises - noises).pow(2).mean(-1)
+    losses = cfm_loss(field, actions, times, noises)
+    assert th.allclose(cfm_loss_weights(times, "noise") * losses, noise_errors, atol=1e-6)
+    assert cfm_loss_weights(times, "velocity") == 1.0
+    with pytest.raises(ValueError, match="cfm_loss_weighting"):
+        cfm_loss_weights(times, "eps")
 
 
 def test_cfm_loss_rejects_mismatched_shapes():

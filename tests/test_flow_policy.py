@@ -62,6 +62,13 @@ def test_fast_grid_path_equals_the_plain_field_and_cache_follows_weight_updates(
         assert th.allclose(other.sample(obs, noise=noise), policy.sample(obs, noise=noise), atol=1e-6)
 
 
+def test_device_follows_the_parameters():
+    policy = make_policy(net_arch=[8])
+    assert policy.device == th.device("cpu")
+    policy.to("meta")  # a device move without data: the property must report where the weights went
+    assert policy.device == th.device("meta") == next(policy.parameters()).device
+
+
 def test_observation_features_are_computed_once_per_action():
     policy = make_policy(n_flow_steps=10, net_arch=[16])
     calls = {"features": 0, "observation_projection": 0, "action_projection": 0}

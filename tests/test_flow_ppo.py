@@ -27,9 +27,14 @@ def collect_one_rollout(model: FlowPPO) -> None:
     assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
 
 
-@pytest.mark.parametrize("ratio_mode", ["per_action", "per_sample"])
-def test_ratio_is_exactly_one_before_any_update(ratio_mode):
-    model = FlowPPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, seed=0, ratio_mode=ratio_mode, policy_kwargs=SMALL)
+@pytest.mark.parametrize(
+    "ratio_mode, weighting", [("per_action", "velocity"), ("per_sample", "velocity"), ("per_action", "noise")]
+)
+def test_ratio_is_exactly_one_before_any_update(ratio_mode, weighting):
+    model = FlowPPO(
+        "MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, seed=0, ratio_mode=ratio_mode,
+        cfm_loss_weighting=weighting, policy_kwargs=SMALL,
+    )  # fmt: skip
     collect_one_rollout(model)
     model.rollout_buffer.prepare_draws(model.policy, model.n_mc_samples, model.time_sampling, model.batch_size)
     ratios = []
@@ -52,6 +57,20 @@ def test_ratio_moves_after_an_update_and_is_logged():
     assert values["train/ratio"] != 1.0 and values["train/approx_kl"] > 0
     for key in ("train/clip_fraction", "train/cfm_loss", "train/explained_variance", "train/value_loss"):
         assert key in values
+
+
+def test_noise_weighting_scales_each_draws_log_ratio_by_t_squared():
+    model = FlowPPO(
+        "MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, n_epochs=2, seed=0, ratio_mode="per_sample",
+        time_sampling="uniform", cfm_loss_clamp=None, policy_kwargs=SMALL,
+    )  # fmt: skip
+    model.learn(64)  # moves the policy away from the one whose draws and losses the buffer still holds
+    samples = next(model.rollout_buffer.get(64))
+    _, velocity_log_ratio, _ = model.policy_ratio(samples)
+    model.cfm_loss_weighting = "noise"
+    _, noise_log_ratio, _ = model.policy_ratio(samples)
+    assert velocity_log_ratio.abs().max() > 1e-3 and velocity_log_ratio.abs().max() < model.log_ratio_clamp
+    assert th.allclose(noise_log_ratio, samples.times.pow(2) * velocity_log_ratio, atol=1e-5)
 
 
 def test_surrogate_helpers():
@@ -150,6 +169,8 @@ def test_bad_input_errors():
         FlowPPO("MlpPolicy", "Pendulum-v1", trust_region="kl")
     with pytest.raises(ValueError, match="n_flow_steps"):
         FlowPPO("MlpPolicy", "Pendulum-v1", n_flow_steps=0)
+    with pytest.raises(ValueError, match="cfm_loss_weighting"):
+        FlowPPO("MlpPolicy", "Pendulum-v1", cfm_loss_weighting="eps")
     with pytest.raises(ValueError, match="log_ratio_clamp"):
         FlowPPO("MlpPolicy", "Pendulum-v1", log_ratio_clamp=float("inf"))
     with pytest.raises(ValueError, match="observation space"):

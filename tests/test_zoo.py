@@ -48,6 +48,7 @@ def test_sampled_hyperparameters_build_a_model():
             "n_epochs": 5,
             "n_mc_samples": 4,
             "ratio_mode": "per_sample",
+            "cfm_loss_weighting": "noise",
             "n_flow_steps": 4,
             "net_arch": "small",
             "activation_fn": "relu",
@@ -57,6 +58,7 @@ def test_sampled_hyperparameters_build_a_model():
     assert params["batch_size"] == 32 and params["n_steps"] == 64 and abs(params["gamma"] - 0.99) < 1e-9
     model = FlowPPO("MlpPolicy", "Pendulum-v1", **params)
     assert model.policy.n_flow_steps == 4 and model.n_mc_samples == 4 and model.policy.net_arch == [64, 64]
+    assert model.cfm_loss_weighting == "noise"
 
 
 def test_sampled_reinflow_hyperparameters_build_a_model():

@@ -26,6 +26,7 @@ import torch as th
 
 INTEGRATION_METHODS = ("euler", "midpoint")
 TIME_SAMPLING_MODES = ("uniform", "beta", "grid")
+CFM_LOSS_WEIGHTINGS = ("velocity", "noise")
 
 VelocityFn = Callable[[th.Tensor, th.Tensor], th.Tensor]
 # (x_k, t_k, k) -> per-dimension std of the Gaussian transition x_k -> x_{k+1}, broadcastable to x_k
@@ -107,6 +108,26 @@ def cfm_loss(velocity_fn: VelocityFn, actions: th.Tensor, times: th.Tensor, nois
     x_t = interpolate(noises, targets, times)
     predicted = velocity_fn(x_t, times)
     return (predicted - target_velocity(noises, targets)).pow(2).mean(dim=-1)
+
+
+def cfm_loss_weights(times: th.Tensor, weighting: str) -> th.Tensor | float:
+    """
+    Per-draw weights that turn the velocity CFM loss of :func:`cfm_loss` into the loss of another parameterization.
+
+    ``"velocity"``: 1, the plain CFM loss. ``"noise"``: ``t^2``, the squared error of the noise recovered from the
+    predicted velocity, ``x0_hat = x_t - t * v``, since ``x0 - x0_hat = t * (v - (a - x0))``. This is FPO's default
+    ("u_but_supervise_as_eps", McAllister et al., 2025; ``(1 - t)^2`` in its reverse time convention): it takes weight
+    off the noise end of the path, where the per-draw losses vary most.
+
+    :param times: t of the draws, any shape
+    :param weighting: "velocity" or "noise"
+    :return: weights broadcastable against per-draw losses of ``times``' shape
+    """
+    if weighting == "velocity":
+        return 1.0
+    if weighting == "noise":
+        return times.pow(2)
+    raise ValueError(f"cfm_loss_weighting must be one of {CFM_LOSS_WEIGHTINGS}, got {weighting!r}")
 
 
 def time_grid(n_steps: int, device: th.device | str = "cpu") -> th.Tensor:

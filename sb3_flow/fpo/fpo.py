@@ -10,7 +10,7 @@ from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
-from sb3_flow.common.flow import TIME_SAMPLING_MODES, sample_times
+from sb3_flow.common.flow import CFM_LOSS_WEIGHTINGS, TIME_SAMPLING_MODES, cfm_loss_weights, sample_times
 from sb3_flow.common.on_policy import FlowOnPolicyAlgorithm, PolicyTerms, trust_region_surrogate
 from sb3_flow.policies.actor_critic import (
     CnnFlowActorCriticPolicy,
@@ -148,6 +148,8 @@ class FlowPPO(FlowOnPolicyAlgorithm):
     :param log_ratio_clamp: the log-ratio is clamped to [-c, c] before exp (FPO: 3; FPO++: 10)
     :param trust_region: "clip" or "aspo" (FPO++'s asymmetric version; its authors advise "clip" when fine-tuning)
     :param cfm_loss_clamp: per-draw CFM losses are clamped at this value (FPO++: 20; None: no clamp)
+    :param cfm_loss_weighting: "velocity" (the plain CFM loss) or "noise" (each draw weighted by t^2: the error of the
+        noise recovered from the predicted velocity, FPO's "u_but_supervise_as_eps" default), in the ratio
     :param time_sampling: "grid" (the policy's K sampling times, as FPO does) or "uniform"
     :param action_perturbation_std: std of Gaussian noise added to rollout actions in [-1, 1] units (FPO++: 0.02)
     :param n_flow_steps: integration steps K of the policy (overrides ``policy_kwargs``)
@@ -195,6 +197,7 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         log_ratio_clamp: float = 3.0,
         trust_region: str = "clip",
         cfm_loss_clamp: float | None = 20.0,
+        cfm_loss_weighting: str = "velocity",
         time_sampling: str = "grid",
         action_perturbation_std: float = 0.0,
         n_flow_steps: int | None = None,
@@ -213,6 +216,8 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         _init_setup_model: bool = True,
     ):
         self._check_options(n_mc_samples, ratio_mode, time_sampling, log_ratio_clamp, cfm_loss_clamp)
+        if cfm_loss_weighting not in CFM_LOSS_WEIGHTINGS:
+            raise ValueError(f"cfm_loss_weighting must be one of {CFM_LOSS_WEIGHTINGS}, got {cfm_loss_weighting!r}")
         if not np.isfinite(action_perturbation_std) or action_perturbation_std < 0:
             raise ValueError(f"action_perturbation_std must be a finite number >= 0, got {action_perturbation_std}")
         policy_kwargs = dict(policy_kwargs or {})
@@ -252,6 +257,7 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         self.ratio_mode = ratio_mode
         self.log_ratio_clamp = log_ratio_clamp
         self.cfm_loss_clamp = cfm_loss_clamp
+        self.cfm_loss_weighting = cfm_loss_weighting
         self.time_sampling = time_sampling
         self.action_perturbation_std = action_perturbation_std
         if _init_setup_model:
@@ -286,7 +292,10 @@ class FlowPPO(FlowOnPolicyAlgorithm):
     def _log_ratio_and_losses(self, samples: FlowRolloutBufferSamples, features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Clamped FPO log-ratio of a minibatch and its new per-draw CFM losses."""
         new_losses = self.policy.cfm_loss_from_features(features, samples.actions, samples.times, samples.noises)
-        log_ratio = fpo_log_ratio(self._clamped(samples.old_cfm_losses), self._clamped(new_losses), self.ratio_mode)
+        weights = cfm_loss_weights(samples.times, self.cfm_loss_weighting)
+        log_ratio = fpo_log_ratio(
+            self._clamped(weights * samples.old_cfm_losses), self._clamped(weights * new_losses), self.ratio_mode
+        )
         return log_ratio.clamp(-self.log_ratio_clamp, self.log_ratio_clamp), new_losses
 
     def policy_ratio(

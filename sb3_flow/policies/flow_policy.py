@@ -125,6 +125,17 @@ class FlowPolicy(BoxActionPolicy):
             conditioning = conditioning.unsqueeze(1)
         return ConditionedVelocity(self.velocity_net, conditioning)
 
+    @property
+    def device(self) -> th.device:
+        """
+        The parameters' device. SB3's property walks the submodules for a first parameter (~27 µs here against ~10 µs
+        for PPO's policy) and sampling asks for it on every rollout step; the velocity network is always there.
+        """
+        velocity_net = self._modules.get("velocity_net")
+        if velocity_net is None:  # still being built
+            return super().device
+        return velocity_net.action_projection.weight.device
+
     def initial_noise(self, batch_size: int, deterministic: bool = False) -> th.Tensor:
         """x0 for a batch: N(0, I), or zeros when ``deterministic``."""
         shape = (batch_size, self.action_dim)

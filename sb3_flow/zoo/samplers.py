@@ -11,7 +11,7 @@ NET_ARCHS = {"small": ([64, 64], [64, 64]), "medium": ([256, 256], [256, 256]), 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 
-def _sample_ppo_params(trial: Any, clip_low: float, epochs: list[int]) -> dict[str, Any]:
+def _sample_ppo_params(trial: Any, clip_low: float, epochs: list[int], clip_high: float = 0.2) -> dict[str, Any]:
     """The PPO and architecture part of the on-policy flow algorithms' search spaces."""
     return {
         "batch_size_pow": trial.suggest_int("batch_size_pow", 5, 9),
@@ -19,7 +19,7 @@ def _sample_ppo_params(trial: Any, clip_low: float, epochs: list[int]) -> dict[s
         "one_minus_gamma": trial.suggest_float("one_minus_gamma", 0.001, 0.1, log=True),
         "one_minus_gae_lambda": trial.suggest_float("one_minus_gae_lambda", 0.001, 0.1, log=True),
         "learning_rate": trial.suggest_float("learning_rate", 1e-5, 3e-3, log=True),
-        "clip_range": trial.suggest_float("clip_range", clip_low, 0.2, log=True),
+        "clip_range": trial.suggest_float("clip_range", clip_low, clip_high, log=True),
         "n_epochs": trial.suggest_categorical("n_epochs", epochs),
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
         "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATIONS)),
@@ -28,8 +28,9 @@ def _sample_ppo_params(trial: Any, clip_low: float, epochs: list[int]) -> dict[s
 
 def sample_flow_ppo_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
     """
-    Search space of FlowPPO: PPO's, plus FPO's number of (t, noise) draws, ratio mode, flow steps and a small clip
-    range (FPO's default is 0.05, fine-tuning uses 0.01-0.03).
+    Search space of FlowPPO: PPO's, plus FPO's number of (t, noise) draws, ratio mode, CFM-loss weighting, flow steps
+    and a clip range from fine-tuning's 0.01 to 0.3 (FPO's default is 0.05; per-draw ratios from scratch on Hopper
+    learned fastest with 0.2, see docs/benchmarks.md).
 
     :param trial: Optuna trial
     :param n_actions: action dimension (unused)
@@ -38,9 +39,10 @@ def sample_flow_ppo_params(trial: Any, n_actions: int, n_envs: int, additional_a
     :return: FlowPPO keyword arguments
     """
     sampled = {
-        **_sample_ppo_params(trial, clip_low=0.01, epochs=[5, 10, 20]),
+        **_sample_ppo_params(trial, clip_low=0.01, epochs=[5, 10, 20], clip_high=0.3),
         "n_mc_samples": trial.suggest_categorical("n_mc_samples", [4, 8, 16]),
         "ratio_mode": trial.suggest_categorical("ratio_mode", ["per_action", "per_sample"]),
+        "cfm_loss_weighting": trial.suggest_categorical("cfm_loss_weighting", ["velocity", "noise"]),
         "n_flow_steps": trial.suggest_categorical("n_flow_steps", [4, 10]),
     }
     # The Zoo's samplers return converted values; the converter is also used alone to reload a stored trial.

@@ -1,0 +1,98 @@
+"""
+Where the on-policy flow algorithms' training time goes, against SB3 PPO: rollout seconds and update seconds per 2048
+environment steps, and the steps/s ratio to PPO, for FlowPPO and ReinFlow at their target settings and with the flow
+steps K and the draws N cut to 1. All in one process, alternating, Pendulum-v1, n_envs = 8, ``n_steps=256``,
+``batch_size=256``, ``n_epochs=10``, 64-64 networks (the flows' default GELU, PPO's tanh).
+
+The K = 1 / N = 1 rows run the same code paths with the method's own work cut to PPO's: they show what the sb3-flow
+machinery costs by itself, so the gap at the target settings is the K sequential velocity calls per rollout step and
+the N draws (or K chain steps) per action in each minibatch.
+
+    python -m benchmarks.on_policy_time_split [--env Pendulum-v1] [--steps 8192] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from benchmarks.common import print_speed_ratios, write_json
+from sb3_flow import FlowPPO, ReinFlow, set_torch_threads
+
+SHARED = {"n_steps": 256, "batch_size": 256, "n_epochs": 10, "learning_rate": 1e-3, "gamma": 0.9}
+FLOW_ARCH = {"net_arch": [64, 64], "value_net_arch": [64, 64]}
+CONFIGS: dict[str, tuple[type, dict[str, Any]]] = {
+    "PPO": (PPO, {}),
+    "FlowPPO K=10 N=8 (target)": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 8}),
+    "FlowPPO K=1 N=8": (FlowPPO, {"n_flow_steps": 1, "n_mc_samples": 8}),
+    "FlowPPO K=10 N=1": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 1}),
+    "FlowPPO K=1 N=1": (FlowPPO, {"n_flow_steps": 1, "n_mc_samples": 1}),
+    "ReinFlow K=4 (target)": (ReinFlow, {"n_flow_steps": 4}),
+    "ReinFlow K=1": (ReinFlow, {"n_flow_steps": 1}),
+}
+
+
+def timed_learn(model: Any, steps: int) -> tuple[float, float, float]:
+    """Train ``steps`` steps; return (rollout seconds, update seconds, total seconds)."""
+    seconds = {"rollout": 0.0, "update": 0.0}
+
+    def timing(method: Any, key: str) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            result = method(*args, **kwargs)
+            seconds[key] += time.perf_counter() - start
+            return result
+
+        return wrapper
+
+    model.collect_rollouts = timing(model.collect_rollouts, "rollout")
+    model.train = timing(model.train, "update")
+    start = time.perf_counter()
+    model.learn(steps)
+    return seconds["rollout"], seconds["update"], time.perf_counter() - start
+
+
+def make_model(name: str, env_id: str, seed: int) -> Any:
+    algorithm, kwargs = CONFIGS[name]
+    env = make_vec_env(env_id, n_envs=8, seed=seed)
+    if algorithm is PPO:
+        return PPO("MlpPolicy", env, seed=seed, device="cpu", **SHARED)
+    return algorithm("MlpPolicy", env, seed=seed, device="cpu", policy_kwargs=FLOW_ARCH, **SHARED, **kwargs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="Pendulum-v1")
+    parser.add_argument("--steps", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="benchmark_output/on_policy_time_split.json")
+    args = parser.parse_args()
+    set_torch_threads(1)
+
+    speeds: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    splits: dict[str, list[tuple[float, float]]] = {name: [] for name in CONFIGS}
+    per_2048 = 2048 / args.steps
+    for repeat in range(args.repeats):
+        for name in CONFIGS:
+            rollout, update, total = timed_learn(make_model(name, args.env, repeat), args.steps)
+            speeds[name].append(args.steps / total)
+            splits[name].append((rollout * per_2048, update * per_2048))
+        print(repeat, {name: round(values[-1]) for name, values in speeds.items()}, flush=True)
+
+    print(f"\n{args.env}, n_envs = 8, {args.steps} steps per run, {args.repeats} repeats")
+    print("\n| method | rollout s per 2048 steps (median) | update s per 2048 steps (median) |")
+    print("|---|---|---|")
+    for name, values in splits.items():
+        rollout, update = np.median(np.array(values), axis=0)
+        print(f"| {name} | {rollout:.3f} | {update:.3f} |")
+    print_speed_ratios(speeds, "PPO")
+    write_json(args.out, {"args": vars(args), "settings": SHARED, "steps_per_s": speeds, "seconds_per_2048": splits})
+
+
+if __name__ == "__main__":
+    main()
