@@ -81,7 +81,7 @@ def report(payloads: list[dict[str, Any]], plot_path: str | None = None) -> None
         run = payload["args"]
         if (run["env"], run["steps"], run.get("flow_ppo_kwargs")) != (args["env"], args["steps"], args.get("flow_ppo_kwargs")):
             raise ValueError("--report merges runs of one environment, step count and FlowPPO overrides only")
-        seeds += payload["args"]["seeds"]
+        seeds += run["seeds"]
         for name in curves:
             curves[name] += payload["curves"][name]
             speeds[name] += payload["steps_per_s"][name]

@@ -150,7 +150,8 @@ class FlowPPO(FlowOnPolicyAlgorithm):
     :param cfm_loss_clamp: per-draw CFM losses are clamped at this value (FPO++: 20; None: no clamp)
     :param cfm_loss_weighting: "velocity" (the plain CFM loss) or "noise" (each draw weighted by t^2: the error of the
         noise recovered from the predicted velocity, FPO's "u_but_supervise_as_eps" default), in the ratio
-    :param time_sampling: "grid" (the policy's K sampling times, as FPO does) or "uniform"
+    :param time_sampling: "grid" (the policy's K sampling times, FPO's ``discretize_t_for_training``) or "uniform" (the
+        default of FPO's MuJoCo Playground code)
     :param action_perturbation_std: std of Gaussian noise added to rollout actions in [-1, 1] units (FPO++: 0.02)
     :param n_flow_steps: integration steps K of the policy (overrides ``policy_kwargs``)
     :param base_policy: pretrained FlowPolicy (object, FlowBC model or path) to fine-tune
@@ -215,9 +216,7 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        self._check_options(n_mc_samples, ratio_mode, time_sampling, log_ratio_clamp, cfm_loss_clamp)
-        if cfm_loss_weighting not in CFM_LOSS_WEIGHTINGS:
-            raise ValueError(f"cfm_loss_weighting must be one of {CFM_LOSS_WEIGHTINGS}, got {cfm_loss_weighting!r}")
+        self._check_options(n_mc_samples, ratio_mode, time_sampling, log_ratio_clamp, cfm_loss_clamp, cfm_loss_weighting)
         if not np.isfinite(action_perturbation_std) or action_perturbation_std < 0:
             raise ValueError(f"action_perturbation_std must be a finite number >= 0, got {action_perturbation_std}")
         policy_kwargs = dict(policy_kwargs or {})
@@ -270,6 +269,7 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         time_sampling: str,
         log_ratio_clamp: float,
         cfm_loss_clamp: float | None,
+        cfm_loss_weighting: str,
     ) -> None:
         if isinstance(n_mc_samples, bool) or not isinstance(n_mc_samples, int) or n_mc_samples <= 0:
             raise ValueError(f"n_mc_samples must be a positive integer, got {n_mc_samples!r}")
@@ -281,6 +281,8 @@ class FlowPPO(FlowOnPolicyAlgorithm):
             raise ValueError(f"log_ratio_clamp must be a finite number > 0, got {log_ratio_clamp}")
         if cfm_loss_clamp is not None and (not np.isfinite(cfm_loss_clamp) or cfm_loss_clamp <= 0):
             raise ValueError(f"cfm_loss_clamp must be a finite number > 0 or None, got {cfm_loss_clamp}")
+        if cfm_loss_weighting not in CFM_LOSS_WEIGHTINGS:
+            raise ValueError(f"cfm_loss_weighting must be one of {CFM_LOSS_WEIGHTINGS}, got {cfm_loss_weighting!r}")
 
     def _setup_model(self) -> None:
         super()._setup_model()
