@@ -19,6 +19,7 @@ from stable_baselines3.common.utils import update_learning_rate
 from tqdm.auto import tqdm
 
 from sb3_flow.common.demonstrations import Demonstrations
+from sb3_flow.common.files import AtomicSaveMixin
 from sb3_flow.common.flow import TIME_SAMPLING_MODES, check_n_flow_steps, sample_times
 from sb3_flow.common.utils import check_box_action_space
 from sb3_flow.policies.flow_policy import CnnFlowPolicy, FlowPolicy, MultiInputFlowPolicy
@@ -27,7 +28,7 @@ from sb3_flow.policies.gaussian import CnnGaussianPolicy, GaussianPolicy, MultiI
 SelfBaseBC = TypeVar("SelfBaseBC", bound="BaseBC")
 
 
-class BaseBC(BaseAlgorithm):
+class BaseBC(AtomicSaveMixin, BaseAlgorithm):
     """
     Offline behaviour cloning as an SB3 algorithm: ``learn(total_timesteps)`` runs that many *gradient steps* on
     minibatches of the demonstrations; the environment supplies the spaces and (optionally) periodic evaluation.

@@ -24,6 +24,8 @@ from typing import Protocol
 
 import torch as th
 
+from sb3_flow.common.utils import check_positive_int
+
 INTEGRATION_METHODS = ("euler", "midpoint")
 TIME_SAMPLING_MODES = ("uniform", "beta", "grid")
 CFM_LOSS_WEIGHTINGS = ("velocity", "noise")
@@ -52,9 +54,7 @@ def check_n_flow_steps(n_flow_steps: int) -> int:
     :return: the same number, as an int
     :raises ValueError: when it is not a positive integer
     """
-    if isinstance(n_flow_steps, bool) or not isinstance(n_flow_steps, int) or n_flow_steps <= 0:
-        raise ValueError(f"n_flow_steps must be a positive integer, got {n_flow_steps!r}")
-    return int(n_flow_steps)
+    return check_positive_int(n_flow_steps, "n_flow_steps")
 
 
 def interpolate(noise: th.Tensor, actions: th.Tensor, times: th.Tensor) -> th.Tensor:

@@ -53,6 +53,28 @@ def check_box_action_space(action_space: spaces.Space, owner: str = "a flow poli
     return action_space
 
 
+def check_finite_number(value: float, name: str, minimum: float | None = None, strict: bool = False) -> float:
+    """
+    One check for every numeric option: a real number (numpy scalars included), finite, and above a bound.
+
+    :param value: a number
+    :param name: its name, for the error message
+    :param minimum: the bound (None: any finite number)
+    :param strict: the bound itself is not allowed (``> minimum`` instead of ``>= minimum``)
+    :return: the number as a float
+    :raises TypeError: when it is not a real number
+    :raises ValueError: when it is not finite or not above the bound
+    """
+    expected = "a finite number" if minimum is None else f"a finite number {'>' if strict else '>='} {minimum:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}: {value!r}")
+    number = float(value)
+    too_small = minimum is not None and (number <= minimum if strict else number < minimum)
+    if not math.isfinite(number) or too_small:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return number
+
+
 def check_positive_finite(value: float, name: str) -> float:
     """
     :param value: a number
@@ -60,11 +82,49 @@ def check_positive_finite(value: float, name: str) -> float:
     :return: the number as a float
     :raises ValueError: when it is not a finite number > 0
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a finite number > 0, got {type(value).__name__}: {value!r}")
-    if not math.isfinite(float(value)) or float(value) <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return check_finite_number(value, name, minimum=0.0, strict=True)
+
+
+def check_positive_int(value: int, name: str, minimum: int = 1) -> int:
+    """
+    :param value: an integer (Python or numpy; not a bool, not a float)
+    :param name: its name, for the error message
+    :param minimum: the smallest allowed value
+    :return: the value as a Python int
+    :raises ValueError: when it is not an integer >= ``minimum``
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return int(value)
+
+
+def check_finite_loss(loss: th.Tensor, algorithm: str, what: str, n_updates: int) -> None:
+    """
+    Stop before a non-finite loss reaches the weights: nothing has been stepped yet when this raises.
+
+    :raises FloatingPointError: when ``loss`` is NaN or infinite
+    """
+    if not th.isfinite(loss).all():
+        raise FloatingPointError(
+            f"{algorithm}: the {what} is {loss.detach().cpu().numpy()} at update {n_updates}; the weights were left "
+            "unchanged (lower the learning rate, check rewards and observations for NaN/inf, or normalize them)"
+        )
+
+
+def check_finite_learning_rate(learning_rate: float, algorithm: str, progress_remaining: float) -> float:
+    """
+    A learning-rate schedule can return NaN or inf (or a negative value) part-way through training; an optimizer
+    step with it writes NaN into every weight even though the loss was finite.
+
+    :raises FloatingPointError: naming the schedule's value and the progress at which it went wrong
+    """
+    if not math.isfinite(float(learning_rate)) or float(learning_rate) < 0:
+        raise FloatingPointError(
+            f"{algorithm}: the learning-rate schedule returned {learning_rate} at progress_remaining="
+            f"{progress_remaining:.4f}; no optimizer step was taken with it (a schedule must return a finite number >= 0)"
+        )
+    return float(learning_rate)
 
 
 def spaces_match(expected: spaces.Space, actual: spaces.Space) -> bool:

@@ -16,15 +16,15 @@ from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.sac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from torch.nn import functional as F
 
-from sb3_flow.common.on_policy import check_finite_loss
-from sb3_flow.common.utils import check_box_action_space, check_positive_finite, zero_init_actor
+from sb3_flow.common.files import AtomicSaveMixin
+from sb3_flow.common.utils import check_box_action_space, check_finite_loss, check_positive_finite, zero_init_actor
 from sb3_flow.policies.flow_policy import FlowPolicy
 from sb3_flow.policies.loading import BaseFlowPolicySource, load_flow_policy
 
 SelfDSRLNA = TypeVar("SelfDSRLNA", bound="DSRLNA")
 
 
-class DSRLNA(SAC):
+class DSRLNA(AtomicSaveMixin, SAC):
     """
     DSRL with noise aliasing. The environment is not wrapped: the replay buffer holds the real (normalized) actions.
 

@@ -10,8 +10,8 @@ from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
+from sb3_flow.bases.on_policy import FlowOnPolicyAlgorithm, PolicyTerms, trust_region_surrogate
 from sb3_flow.common.flow import CFM_LOSS_WEIGHTINGS, TIME_SAMPLING_MODES, cfm_loss_weights, sample_times
-from sb3_flow.common.on_policy import FlowOnPolicyAlgorithm, PolicyTerms, trust_region_surrogate
 from sb3_flow.policies.actor_critic import (
     CnnFlowActorCriticPolicy,
     FlowActorCriticPolicy,

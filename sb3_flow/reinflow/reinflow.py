@@ -10,7 +10,7 @@ from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
-from sb3_flow.common.on_policy import FlowOnPolicyAlgorithm, PolicyTerms
+from sb3_flow.bases.on_policy import FlowOnPolicyAlgorithm, PolicyTerms
 from sb3_flow.common.utils import FloatSchedule
 from sb3_flow.policies.loading import BaseFlowPolicySource
 from sb3_flow.reinflow.policies import HALF_LOG_2_PI_E, CnnReinFlowPolicy, MultiInputReinFlowPolicy, ReinFlowPolicy

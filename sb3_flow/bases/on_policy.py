@@ -25,7 +25,8 @@ from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
-from sb3_flow.common.utils import FloatSchedule, check_box_action_space
+from sb3_flow.common.files import AtomicSaveMixin
+from sb3_flow.common.utils import FloatSchedule, check_box_action_space, check_finite_loss
 from sb3_flow.policies.actor_critic import FlowActorCriticPolicy
 from sb3_flow.policies.flow_policy import FlowPolicy
 from sb3_flow.policies.loading import BaseFlowPolicySource, load_flow_policy
@@ -77,18 +78,7 @@ class PolicyTerms:
     logs: dict[str, float] = field(default_factory=dict)
 
 
-def check_finite_loss(loss: th.Tensor, algorithm: str, what: str, n_updates: int) -> None:
-    """
-    :raises FloatingPointError: when ``loss`` is NaN or infinite, before it can reach the weights
-    """
-    if not th.isfinite(loss).all():
-        raise FloatingPointError(
-            f"{algorithm}: the {what} is {loss.detach().cpu().numpy()} at update {n_updates}; the weights were left "
-            "unchanged (lower the learning rate, check rewards and observations for NaN/inf, or normalize them)"
-        )
-
-
-class FlowOnPolicyAlgorithm(OnPolicyAlgorithm):
+class FlowOnPolicyAlgorithm(AtomicSaveMixin, OnPolicyAlgorithm):
     """
     Base class of the on-policy flow algorithms. See the module docstring for what it adds to SB3.
 
