@@ -7,43 +7,30 @@ paired comparison (Pendulum's return depends on the start state far more than on
 episodes.
 Target (foundation issue): FlowBC within 15% of the demonstrations' mean return.
 
-    python benchmarks/bc_pendulum.py [--seeds 0 1 2] [--bc-steps 5000] [--eval-episodes 50]
+    python -m benchmarks.bc_pendulum [--seeds 0 1 2] [--bc-steps 5000] [--eval-episodes 50]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch as th
-from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.monitor import Monitor
 
+from benchmarks.common import write_json
 from sb3_flow import FlowBC, GaussianBC, collect_demonstrations, set_torch_threads
-from sb3_flow.common.evaluation import returns_on_starts
-from sb3_flow.common.experts import train_expert
-
-
-def evaluate(policy, env_id: str, n_episodes: int, seed: int) -> tuple[float, float]:
-    env = Monitor(gym.make(env_id))
-    env.reset(seed=seed)
-    mean, std = evaluate_policy(policy, env, n_eval_episodes=n_episodes, deterministic=True)
-    return float(mean), float(std)
+from sb3_flow.experiments import PENDULUM_PIPELINE, evaluate_episodes, pretrain, returns_on_starts, train_expert
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="Pendulum-v1")
-    parser.add_argument("--expert-steps", type=int, default=20_000)
-    parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--action-noise", type=float, default=0.3)
-    parser.add_argument("--bc-steps", type=int, default=5_000)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--env", default=PENDULUM_PIPELINE.env_id)
+    parser.add_argument("--expert-steps", type=int, default=PENDULUM_PIPELINE.expert_steps)
+    parser.add_argument("--episodes", type=int, default=PENDULUM_PIPELINE.n_episodes)
+    parser.add_argument("--action-noise", type=float, default=PENDULUM_PIPELINE.action_noise)
+    parser.add_argument("--bc-steps", type=int, default=PENDULUM_PIPELINE.bc_steps)
+    parser.add_argument("--learning-rate", type=float, default=PENDULUM_PIPELINE.bc_learning_rate)
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="benchmark_output/bc_pendulum.json")
@@ -53,7 +40,7 @@ def main() -> None:
     start = time.perf_counter()
     expert = train_expert(args.env, "sac", args.expert_steps, seed=0, progress_bar=False)
     expert_seconds = time.perf_counter() - start
-    expert_mean, expert_std = evaluate(expert, args.env, args.eval_episodes, seed=10_000)
+    expert_mean, expert_std = evaluate_episodes(expert, args.env, args.eval_episodes, seed=10_000)
     demos = collect_demonstrations(args.env, expert, args.episodes, args.action_noise, seed=0)
     demo = demos.summary()
     print(f"expert {expert_mean:.1f} ± {expert_std:.1f} ({expert_seconds:.0f} s incl. training or cache load)")
@@ -64,11 +51,10 @@ def main() -> None:
         for name, algorithm in (("FlowBC", FlowBC), ("GaussianBC", GaussianBC)):
             th.manual_seed(seed)
             start = time.perf_counter()
-            model = algorithm("MlpPolicy", args.env, demos, learning_rate=args.learning_rate, seed=seed, device="cpu")
-            model.learn(args.bc_steps)
+            model = pretrain(algorithm, args.env, demos, args.bc_steps, args.learning_rate, seed)
             train_seconds = time.perf_counter() - start
             paired = returns_on_starts(model.policy, args.env, args.episodes)  # the demonstrations' starts (seeds 0..)
-            mean, std = evaluate(model.policy, args.env, args.eval_episodes, seed=20_000 + seed)
+            mean, std = evaluate_episodes(model.policy, args.env, args.eval_episodes, seed=20_000 + seed)
             results[name].append(
                 {
                     "seed": seed,
@@ -101,22 +87,15 @@ def main() -> None:
             f"| {seconds:.0f} |"
         )
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"processor": platform.processor() or platform.machine(), "torch": th.__version__, "threads": 1}
-    out.write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "machine": machine,
-                "expert": {"mean_return": expert_mean, "std_return": expert_std},
-                "demonstrations": demo,
-                "results": results,
-            },
-            indent=2,
-        )
+    write_json(
+        args.out,
+        {
+            "args": vars(args),
+            "expert": {"mean_return": expert_mean, "std_return": expert_std},
+            "demonstrations": demo,
+            "results": results,
+        },
     )
-    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""Helpers shared by the benchmark scripts: paired evaluation, learning curves, machine description."""
+"""
+Helpers only the benchmark scripts use: learning curves on fixed starts, timing, the machine description, tables and
+plots. What the benchmarks share with the demo and the CLI (the pipeline to a base policy, tuned settings, experts,
+evaluation) is in :mod:`sb3_flow.experiments`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -12,11 +18,21 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_flow.common.evaluation import returns_on_starts
+from sb3_flow.experiments import finetune_model, returns_on_starts
+
+
+def curve_parser(doc: str | None, steps: int, eval_every: int, out: str) -> argparse.ArgumentParser:
+    """The arguments every learning-curve benchmark takes: ``--steps``, ``--eval-every``, ``--seeds``, ``--out``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=steps, help="environment steps per run")
+    parser.add_argument("--eval-every", type=int, default=eval_every, help="environment steps between evaluations")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default=out, help="JSON output")
+    return parser
 
 
 def evaluate_on_starts(model: Any, env_id: str, n_starts: int = 50, vec_normalize: VecNormalize | None = None) -> float:
-    """Mean deterministic return on the fixed starts of :func:`sb3_flow.common.evaluation.returns_on_starts`."""
+    """Mean deterministic return on the fixed starts of :func:`sb3_flow.experiments.returns_on_starts`."""
     return float(returns_on_starts(model, env_id, n_starts, vec_normalize=vec_normalize).mean())
 
 
@@ -40,11 +56,40 @@ def learn_with_curve(
     return curve, train_seconds
 
 
+def finetune_curves(
+    algorithm: type,
+    env_id: str,
+    base: Any,
+    settings: dict[str, Any],
+    seeds: list[int],
+    total_timesteps: int,
+    eval_every: int,
+    **overrides: Any,
+) -> list[list[tuple[int, float]]]:
+    """
+    One learning curve per seed of :func:`sb3_flow.experiments.finetune_model` (8 environments) from ``base``.
+
+    :param overrides: arguments that replace or add to ``settings`` (e.g. ``noise="fixed"``)
+    """
+    curves = []
+    for seed in seeds:
+        model = finetune_model(algorithm, env_id, base, settings, seed, **overrides)
+        curves.append(learn_with_curve(model, total_timesteps, eval_every, env_id)[0])
+    return curves
+
+
+def steps_per_second(model: Any, steps: int) -> float:
+    """Train ``steps`` environment steps (rollouts and updates); return the steps per wall-clock second."""
+    start = time.perf_counter()
+    model.learn(steps)
+    return steps / (time.perf_counter() - start)
+
+
 def machine() -> dict[str, Any]:
     """What ran the benchmark."""
     return {
         "processor": platform.processor() or platform.machine(),
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
         "torch": th.__version__,
         "torch_threads": th.get_num_threads(),
         "python": platform.python_version(),
@@ -87,6 +132,34 @@ def print_speed_ratios(speeds: dict[str, list[float]], baseline: str, label: str
 def mean_std(values: list[float]) -> str:
     """``mean ± std`` of a list."""
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+
+
+def print_gap_table_head(expert_return: float, bc_return: float, base_label: str = "FlowBC base") -> None:
+    """Header, expert row and base row of a fine-tuning table (see :func:`print_gap_row`)."""
+    print("| | return on 50 fixed starts | gap closed | worst checkpoint |")
+    print("|---|---|---|---|")
+    print(f"| SAC expert | {expert_return:.1f} | | |")
+    print(f"| {base_label} | {bc_return:.1f} | 0% | |")
+
+
+def print_gap_row(
+    label: str, curves: list[list[tuple[int, float]]], expert_return: float, bc_return: float, worst_note: str = ""
+) -> list[float]:
+    """
+    One fine-tuning table row: the final return over seeds, the share of the base -> expert gap it closed (mean and per
+    seed) and the worst checkpoint.
+
+    :param worst_note: appended to the worst-checkpoint cell
+    :return: the per-seed shares of the gap closed
+    """
+    finals = [curve[-1][1] for curve in curves]
+    closed = [(final - bc_return) / (expert_return - bc_return) for final in finals]
+    worst = [min(value for _, value in curve) for curve in curves]
+    print(
+        f"| {label} | {mean_std(finals)} | {100 * np.mean(closed):.0f}% "
+        f"(per seed {', '.join(f'{100 * c:.0f}%' for c in closed)}) | {mean_std(worst)}{worst_note} |"
+    )
+    return closed
 
 
 def plot_curves(

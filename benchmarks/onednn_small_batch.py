@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
-from typing import Any
 
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from benchmarks.common import print_speed_ratios, write_json
+from benchmarks.common import print_speed_ratios, steps_per_second, write_json
 from sb3_flow import FlowPPO, ReinFlow, set_torch_threads
 from sb3_flow.policies.flow_policy import FlowPolicy
 
 SHARED = {"n_steps": 256, "batch_size": 256, "n_epochs": 10, "learning_rate": 1e-3, "gamma": 0.9}
-
-
-def steps_per_second(model: Any, steps: int) -> float:
-    start = time.perf_counter()
-    model.learn(steps)
-    return steps / (time.perf_counter() - start)
 
 
 def main() -> None:

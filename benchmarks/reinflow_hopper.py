@@ -1,5 +1,6 @@
 """
-ReinFlow on Hopper-v5 from a FlowBC base trained on noisy-expert demonstrations (SAC expert 100k steps, 50 episodes
+ReinFlow on Hopper-v5 (``sb3_flow.experiments.REINFLOW_HOPPER_FINETUNE``, the authors' settings with 8 environments)
+from a FlowBC base trained on noisy-expert demonstrations (SAC expert 100k steps, 50 episodes
 with action noise 0.3, FlowBC 20k gradient steps, K = 4), several seeds; deterministic returns on 50 fixed initial
 states, the same for the expert, the base and every checkpoint (a paired comparison).
 Target (ReinFlow issue): the return improves by >= 30% over the base within 300k environment steps.
@@ -8,38 +9,25 @@ Target (ReinFlow issue): the return improves by >= 30% over the base within 300k
     python -m benchmarks.reinflow_hopper --report FILE [FILE ...]   # merge seeds run in separate processes
 
 The FlowBC base is saved to --base-file and reused by later runs (the seeds can then run as parallel processes).
+--eval-every should be a multiple of the 4000-step rollout (8 environments x 500 steps).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.env_util import make_vec_env
 
-from benchmarks.common import evaluate_on_starts, learn_with_curve, mean_std, plot_curves, write_json
-from sb3_flow import FlowBC, ReinFlow, collect_demonstrations, set_torch_threads
-from sb3_flow.common.experts import train_expert
+from benchmarks.common import curve_parser, evaluate_on_starts, finetune_curves, mean_std, plot_curves, write_json
+from sb3_flow import FlowBC, ReinFlow, set_torch_threads
+from sb3_flow.experiments import REINFLOW_HOPPER_FINETUNE, PipelineSettings, pretrained_base, train_expert
 
 ENV_ID = "Hopper-v5"
-# The authors' Hopper settings (ReinFlow/ReinFlow: cfg/gym/finetune/hopper-v2), with 8 environments instead of 40.
-FINETUNE: dict[str, Any] = {
-    "n_steps": 500,
-    "batch_size": 500,
-    "n_epochs": 5,
-    "gamma": 0.99,
-    "gae_lambda": 0.95,
-    "learning_rate": 4.5e-5,
-    "critic_learning_rate": 6.5e-4,
-    "critic_warmup_rollouts": 2,
-    "clip_range": 0.01,
-    "ent_coef": 0.03,
-    "min_std": 0.10,
-    "max_std": 0.24,
-}
+HOPPER_PIPELINE = PipelineSettings(env_id=ENV_ID, expert_steps=100_000, bc_steps=20_000)
+FINETUNE = REINFLOW_HOPPER_FINETUNE
 
 
 def report(payloads: list[dict[str, Any]]) -> None:
@@ -73,27 +61,22 @@ def report(payloads: list[dict[str, Any]]) -> None:
 
 def expert_and_base(bc_steps: int, base_file: str) -> tuple[Any, FlowBC]:
     """The SAC expert (trained once, cached) and the FlowBC base on its noisy demonstrations (saved to ``base_file``)."""
-    expert = train_expert(ENV_ID, "sac", 100_000, seed=0)
+    pipeline = replace(HOPPER_PIPELINE, bc_steps=bc_steps)
     if Path(base_file).is_file():
-        return expert, FlowBC.load(base_file, device="cpu")
-    demos = collect_demonstrations(ENV_ID, expert, 50, action_noise=0.3, seed=0)
+        return train_expert(ENV_ID, "sac", pipeline.expert_steps, seed=pipeline.seed), FlowBC.load(base_file, device="cpu")
+    expert, demos, base = pretrained_base(pipeline, n_flow_steps=4)
     print(demos.summary(), flush=True)
-    base = FlowBC("MlpPolicy", ENV_ID, demos, learning_rate=1e-3, n_flow_steps=4, seed=0, device="cpu").learn(bc_steps)
     base.save(base_file)
     return expert, base
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300_000)
-    parser.add_argument("--eval-every", type=int, default=60_000, help="a multiple of the 4000-step rollout")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = curve_parser(__doc__, steps=300_000, eval_every=60_000, out="benchmark_output/reinflow_hopper.json")
     parser.add_argument("--noise", nargs="+", default=["learned"], choices=["learned", "fixed"])
-    parser.add_argument("--bc-steps", type=int, default=20_000)
+    parser.add_argument("--bc-steps", type=int, default=HOPPER_PIPELINE.bc_steps)
     parser.add_argument("--learning-rate", type=float, default=FINETUNE["learning_rate"], help="actor learning rate")
     parser.add_argument("--n-epochs", type=int, default=FINETUNE["n_epochs"])
     parser.add_argument("--base-file", default="benchmark_output/reinflow_hopper_base.zip")
-    parser.add_argument("--out", default="benchmark_output/reinflow_hopper.json")
     parser.add_argument("--report", nargs="+", metavar="FILE", help="only merge and print these JSON outputs")
     args = parser.parse_args()
     if args.report:
@@ -107,13 +90,10 @@ def main() -> None:
     print(f"expert {expert_return:.1f}, FlowBC base {bc_return:.1f}", flush=True)
 
     settings = {**FINETUNE, "learning_rate": args.learning_rate, "n_epochs": args.n_epochs}
-    curves: dict[str, list] = {noise: [] for noise in args.noise}
-    for noise in args.noise:
-        for seed in args.seeds:
-            env = make_vec_env(ENV_ID, n_envs=8, seed=seed)
-            model = ReinFlow("MlpPolicy", env, base_policy=base, noise=noise, seed=seed, device="cpu", **settings)
-            curve, _ = learn_with_curve(model, args.steps, args.eval_every, ENV_ID)
-            curves[noise].append(curve)
+    curves = {
+        noise: finetune_curves(ReinFlow, ENV_ID, base, settings, args.seeds, args.steps, args.eval_every, noise=noise)
+        for noise in args.noise
+    }
 
     payload = {"args": vars(args), "settings": settings, "expert": expert_return, "bc": bc_return, "curves": curves}
     write_json(args.out, payload)

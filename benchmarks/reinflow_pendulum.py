@@ -1,7 +1,8 @@
 """
-ReinFlow fine-tuning of the foundation's Pendulum FlowBC base (SAC expert 20k steps, 50 noisy demonstration episodes,
-FlowBC 5000 gradient steps), learned noise and fixed noise, several seeds; returns on 50 fixed initial states, the
-same for the expert, the base and every checkpoint (a paired comparison).
+ReinFlow fine-tuning of the standard Pendulum FlowBC base (``sb3_flow.experiments.PENDULUM_PIPELINE``: SAC expert 20k
+steps, 50 demonstration episodes with action noise 0.3, FlowBC 5000 gradient steps) with
+``sb3_flow.experiments.REINFLOW_PENDULUM_FINETUNE``, learned noise and fixed noise, several seeds; returns on 50 fixed
+initial states, the same for the expert, the base and every checkpoint (a paired comparison).
 Target (ReinFlow issue): close >= 50% of the BC -> expert gap within 100k environment steps.
 
     python -m benchmarks.reinflow_pendulum [--steps 102400] [--seeds 0 1 2] [--noise learned fixed]
@@ -9,33 +10,29 @@ Target (ReinFlow issue): close >= 50% of the BC -> expert gap within 100k enviro
 
 from __future__ import annotations
 
-import argparse
+from benchmarks.common import (
+    curve_parser,
+    evaluate_on_starts,
+    finetune_curves,
+    plot_curves,
+    print_gap_row,
+    print_gap_table_head,
+    write_json,
+)
+from sb3_flow import ReinFlow, set_torch_threads
+from sb3_flow.experiments import PENDULUM_PIPELINE, REINFLOW_PENDULUM_FINETUNE, pretrained_base
 
-import numpy as np
-from stable_baselines3.common.env_util import make_vec_env
-
-from benchmarks.common import evaluate_on_starts, learn_with_curve, mean_std, plot_curves, write_json
-from sb3_flow import FlowBC, ReinFlow, collect_demonstrations, set_torch_threads
-from sb3_flow.common.experts import train_expert
-from sb3_flow.demo import REINFLOW_PENDULUM_FINETUNE
-
-ENV_ID = "Pendulum-v1"
+ENV_ID = PENDULUM_PIPELINE.env_id
 FINETUNE = REINFLOW_PENDULUM_FINETUNE
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=102_400)
-    parser.add_argument("--eval-every", type=int, default=10_240)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = curve_parser(__doc__, steps=102_400, eval_every=10_240, out="benchmark_output/reinflow_pendulum.json")
     parser.add_argument("--noise", nargs="+", default=["learned", "fixed"], choices=["learned", "fixed"])
-    parser.add_argument("--out", default="benchmark_output/reinflow_pendulum.json")
     args = parser.parse_args()
     set_torch_threads(1)
 
-    expert = train_expert(ENV_ID, "sac", 20_000, seed=0)
-    demos = collect_demonstrations(ENV_ID, expert, 50, action_noise=0.3, seed=0)
-    base = FlowBC("MlpPolicy", ENV_ID, demos, learning_rate=1e-3, seed=0, device="cpu").learn(5_000)
+    expert, _, base = pretrained_base(PENDULUM_PIPELINE)
     expert_return = evaluate_on_starts(expert, ENV_ID)
     bc_return = evaluate_on_starts(base.policy, ENV_ID)
     # ReinFlow integrates in K = 4 steps (the authors' locomotion setting); the base was trained and is used with 10.
@@ -44,30 +41,19 @@ def main() -> None:
     )
     print(f"expert {expert_return:.1f}, FlowBC base {bc_return:.1f} (K=10), {bc_return_k4:.1f} (K=4)", flush=True)
 
-    curves: dict[str, list] = {noise: [] for noise in args.noise}
-    for noise in args.noise:
-        for seed in args.seeds:
-            env = make_vec_env(ENV_ID, n_envs=8, seed=seed)
-            model = ReinFlow("MlpPolicy", env, base_policy=base, noise=noise, seed=seed, device="cpu", **FINETUNE)
-            curve, _ = learn_with_curve(model, args.steps, args.eval_every, ENV_ID)
-            curves[noise].append(curve)
+    curves = {
+        noise: finetune_curves(ReinFlow, ENV_ID, base, FINETUNE, args.seeds, args.steps, args.eval_every, noise=noise)
+        for noise in args.noise
+    }
 
     gap = expert_return - bc_return
     print(f"\n{ENV_ID}: ReinFlow fine-tuning from FlowBC, {args.steps} steps, seeds {args.seeds}")
-    print("| | return on 50 fixed starts | gap closed | worst checkpoint |")
-    print("|---|---|---|---|")
-    print(f"| SAC expert | {expert_return:.1f} | | |")
-    print(f"| FlowBC base (K=10) | {bc_return:.1f} | 0% | |")
+    print_gap_table_head(expert_return, bc_return, base_label="FlowBC base (K=10)")
     print(f"| FlowBC base, integrated with K=4 | {bc_return_k4:.1f} | {100 * (bc_return_k4 - bc_return) / gap:.0f}% | |")
-    closed = {}
-    for noise, runs in curves.items():
-        finals = [curve[-1][1] for curve in runs]
-        closed[noise] = [(final - bc_return) / gap for final in finals]
-        worst = [min(value for _, value in curve) for curve in runs]
-        print(
-            f"| ReinFlow, {noise} noise (mean ± std over seeds) | {mean_std(finals)} | {100 * np.mean(closed[noise]):.0f}% "
-            f"(per seed {', '.join(f'{100 * c:.0f}%' for c in closed[noise])}) | {mean_std(worst)} |"
-        )
+    closed = {
+        noise: print_gap_row(f"ReinFlow, {noise} noise (mean ± std over seeds)", runs, expert_return, bc_return)
+        for noise, runs in curves.items()
+    }
     plot_curves(
         {f"ReinFlow, {noise} noise": runs for noise, runs in curves.items()},
         "docs/img/reinflow_pendulum.png",

@@ -10,13 +10,12 @@ Target (ReinFlow issue): >= 0.8x PPO's steps/s.
 from __future__ import annotations
 
 import argparse
-import time
 
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 
-from benchmarks.common import print_speed_ratios, write_json
+from benchmarks.common import print_speed_ratios, steps_per_second, write_json
 from sb3_flow import ReinFlow, set_torch_threads
 
 SHARED = {"n_steps": 256, "batch_size": 256, "n_epochs": 5}
@@ -24,12 +23,6 @@ ACTORS = {
     "256-256-256 GELU": {"net_arch": [256, 256, 256], "activation_fn": nn.GELU},
     "64-64 tanh": {"net_arch": [64, 64], "activation_fn": nn.Tanh, "value_net_arch": [64, 64]},
 }
-
-
-def steps_per_second(model, steps: int) -> float:
-    start = time.perf_counter()
-    model.learn(steps)
-    return steps / (time.perf_counter() - start)
 
 
 def main() -> None:

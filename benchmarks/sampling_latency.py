@@ -4,18 +4,15 @@ Per-action sampling latency of FlowPolicy for K in {1, 2, 4, 10} at batch 1 and 
 
 Target (foundation issue): the sampler costs <= 1.3x the K bare passes.
 
-    python benchmarks/sampling_latency.py [--repeats 200] [--out benchmark_output/sampling_latency.json]
+    python -m benchmarks.sampling_latency [--repeats 200] [--out benchmark_output/sampling_latency.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +20,7 @@ import torch as th
 from stable_baselines3 import PPO
 from torch import nn
 
+from benchmarks.common import write_json
 from sb3_flow import FlowPolicy, set_torch_threads
 
 
@@ -118,11 +116,7 @@ def main() -> None:
             f"| {row['batch']} | {row['K']} | {row['sampler_us']:.0f} | {row['bare_k_passes_us']:.0f} | "
             f"{row['sampler_over_bare']:.2f} | {row['flow_predict_us']:.0f} | {row['gaussian_predict_us']:.0f} |"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"processor": platform.processor() or platform.machine(), "torch": th.__version__, "threads": 1}
-    out.write_text(json.dumps({"env": args.env, "net_arch": policy.net_arch, "machine": machine, "rows": rows}, indent=2))
-    print(f"\nwrote {out}")
+    write_json(args.out, {"env": args.env, "net_arch": policy.net_arch, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from benchmarks.common import print_speed_ratios, write_json
 from sb3_flow import FlowBC, collect_demonstrations, set_torch_threads
-from sb3_flow.common.experts import pendulum_swing_up
-from sb3_flow.wrappers import NoiseActionWrapper, ResidualActionWrapper
+from sb3_flow.experiments import pendulum_swing_up, steering_wrapper
 
 ENV_ID = "Pendulum-v1"
 
@@ -41,16 +40,16 @@ def main() -> None:
     demos = collect_demonstrations(ENV_ID, pendulum_swing_up, 10, seed=0)
     base = FlowBC("MlpPolicy", ENV_ID, demos, seed=0, device="cpu").learn(200)
     wrappers = {
-        "raw": (None, None),
-        "NoiseActionWrapper": (NoiseActionWrapper, {"base_policy": base.policy, "noise_bound": 1.5}),
-        "ResidualActionWrapper": (ResidualActionWrapper, {"base_policy": base.policy, "append_base_action": True}),
+        "raw": None,
+        "NoiseActionWrapper": steering_wrapper("dsrl", base.policy, vectorized=False),
+        "ResidualActionWrapper": steering_wrapper("residual", base.policy, vectorized=False),
     }
     models = {
         name: SAC(
-            "MlpPolicy", make_vec_env(ENV_ID, n_envs=1, seed=0, wrapper_class=wrapper, wrapper_kwargs=kwargs),
-            learning_starts=100, seed=0, device="cpu",
+            "MlpPolicy", make_vec_env(ENV_ID, n_envs=1, seed=0, wrapper_class=wrapper), learning_starts=100, seed=0,
+            device="cpu",
         ).learn(200)  # past learning_starts: every timed step includes a gradient step
-        for name, (wrapper, kwargs) in wrappers.items()
+        for name, wrapper in wrappers.items()
     }  # fmt: skip
     speeds: dict[str, list[float]] = {name: [] for name in models}
     for repeat in range(args.repeats):

@@ -22,62 +22,50 @@ import argparse
 import json
 import re
 import time
-from functools import partial
 from pathlib import Path
 
 from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 
-from benchmarks.common import evaluate_on_starts, mean_std, plot_curves, write_json
+from benchmarks.common import curve_parser, evaluate_on_starts, mean_std, plot_curves, write_json
 from sb3_flow import DSRLNA, FlowBC, collect_demonstrations, set_torch_threads
-from sb3_flow.common.evaluation import returns_on_starts
-from sb3_flow.common.experts import train_expert
-from sb3_flow.wrappers import (
-    NoiseActionWrapper,
-    ResidualActionWrapper,
-    VecNoiseActionWrapper,
-    VecResidualActionWrapper,
-    zero_init_actor,
+from sb3_flow.experiments import (
+    DSRL_NOISE_BOUND,
+    PENDULUM_PIPELINE,
+    STEERING_SAC,
+    pretrain,
+    pretrained_base,
+    returns_on_starts,
+    steering_wrapper,
 )
+from sb3_flow.wrappers import zero_init_actor
 
-ENV_ID = "Pendulum-v1"
+ENV_ID = PENDULUM_PIPELINE.env_id
 
 
 def make_agent(method: str, base: FlowBC, seed: int, residual_scale: float) -> SAC:
     if method == "dsrl_na":
         env = make_vec_env(ENV_ID, n_envs=1, seed=seed)
         # start_at_base=True (the default) zeroes the actor's mean head, as zero_init_actor does for the wrapped SAC below
-        return DSRLNA("MlpPolicy", env, base_policy=base.policy, noise_bound=1.5, learning_rate=1e-3, seed=seed, device="cpu")
-    if method == "dsrl":
-        wrapper_class, wrapper_kwargs = NoiseActionWrapper, {"base_policy": base.policy, "noise_bound": 1.5}
-    elif method == "residual":
-        wrapper_class, wrapper_kwargs = (
-            ResidualActionWrapper,
-            {
-                "base_policy": base.policy,
-                "append_base_action": True,
-                "residual_scale": residual_scale,
-            },
-        )
-    else:
-        wrapper_class, wrapper_kwargs = None, None
-    env = make_vec_env(ENV_ID, n_envs=1, seed=seed, wrapper_class=wrapper_class, wrapper_kwargs=wrapper_kwargs)
-    model = SAC("MlpPolicy", env, learning_rate=1e-3, seed=seed, device="cpu")
+        return DSRLNA(
+            "MlpPolicy", env, base_policy=base.policy, noise_bound=DSRL_NOISE_BOUND, seed=seed, device="cpu", **STEERING_SAC
+        )  # fmt: skip
+    wrapper = steering_wrapper(method, base.policy, vectorized=False, **_wrapper_kwargs(method, residual_scale))
+    model = SAC(
+        "MlpPolicy", make_vec_env(ENV_ID, n_envs=1, seed=seed, wrapper_class=wrapper), seed=seed, device="cpu", **STEERING_SAC
+    )
     if method in ("residual", "dsrl"):
         zero_init_actor(model)  # start exactly at the base policy (zero correction / zero initial noise)
     return model
 
 
+def _wrapper_kwargs(method: str, residual_scale: float) -> dict:
+    return {"residual_scale": residual_scale} if method == "residual" else {}
+
+
 def evaluate_wrapped(model: SAC, method: str, base: FlowBC, residual_scale: float) -> float:
     """Deterministic return on the 50 fixed starts, through the Vec form of the wrapper the agent was trained in."""
-    if method == "dsrl":
-        wrap = partial(VecNoiseActionWrapper, base_policy=base.policy, noise_bound=1.5)
-    elif method == "residual":
-        wrap = partial(
-            VecResidualActionWrapper, base_policy=base.policy, append_base_action=True, residual_scale=residual_scale
-        )
-    else:  # SAC from scratch and DSRL-NA act in the environment's own action space
-        wrap = None
+    wrap = steering_wrapper(method, base.policy, **_wrapper_kwargs(method, residual_scale))  # None: the env's own actions
     return float(returns_on_starts(model, ENV_ID, 50, wrap=wrap).mean())
 
 
@@ -130,13 +118,9 @@ def recover_curves(log: str, args: argparse.Namespace, base: FlowBC, weak_base: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--eval-every", type=int, default=1_000)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = curve_parser(__doc__, steps=20_000, eval_every=1_000, out="benchmark_output/steering_pendulum.json")
     parser.add_argument("--methods", nargs="+", default=["dsrl", "dsrl_na", "residual", "sac"])
     parser.add_argument("--residual-scale", type=float, default=0.5)
-    parser.add_argument("--out", default="benchmark_output/steering_pendulum.json")
     parser.add_argument("--report", nargs="+", metavar="FILE", help="only merge and print these JSON outputs")
     parser.add_argument("--recover-log", metavar="LOG", help="rebuild the completed runs of a stopped process from its log")
     args = parser.parse_args()
@@ -145,11 +129,9 @@ def main() -> None:
         return
     set_torch_threads(1)
 
-    expert = train_expert(ENV_ID, "sac", 20_000, seed=0)
-    demos = collect_demonstrations(ENV_ID, expert, 50, action_noise=0.3, seed=0)
-    base = FlowBC("MlpPolicy", ENV_ID, demos, learning_rate=1e-3, seed=0, device="cpu").learn(5_000)
+    expert, _, base = pretrained_base(PENDULUM_PIPELINE)
     weak_demos = collect_demonstrations(ENV_ID, expert, 10, action_noise=0.6, seed=1)
-    weak_base = FlowBC("MlpPolicy", ENV_ID, weak_demos, learning_rate=1e-3, seed=0, device="cpu").learn(2_000)
+    weak_base = pretrain(FlowBC, ENV_ID, weak_demos, 2_000, learning_rate=1e-3, seed=0)
     expert_return = evaluate_on_starts(expert, ENV_ID)
     bc_return = evaluate_on_starts(base.policy, ENV_ID)
     weak_return = evaluate_on_starts(weak_base.policy, ENV_ID)

@@ -4,7 +4,9 @@ from sb3_flow.bc import FlowBC, GaussianBC
 from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations, from_minari
 from sb3_flow.common.utils import set_torch_threads
 from sb3_flow.dsrl import DSRLNA
+from sb3_flow.fbrac import FBRAC
 from sb3_flow.fpo import FlowPPO
+from sb3_flow.fql import FQL
 from sb3_flow.policies import FlowPolicy, GaussianPolicy, load_flow_policy
 from sb3_flow.reinflow import ReinFlow
 
@@ -12,6 +14,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DSRLNA",
+    "FBRAC",
+    "FQL",
     "Demonstrations",
     "FlowBC",
     "FlowPPO",

@@ -3,83 +3,260 @@
 from __future__ import annotations
 
 import argparse
+import os
+import pickle
+import re
 import sys
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_flow.common.utils import set_torch_threads
+from sb3_flow.common.experts import EXPERT_ALGOS, expert_cache_path
+from sb3_flow.common.files import existing_file, with_suffix_if_missing
+from sb3_flow.common.utils import check_finite_number, check_policy_matches_env, check_positive_int, set_torch_threads
+from sb3_flow.demo import DemoConfig
+from sb3_flow.registry import all_algorithms
+
+DEFAULT_ENV = "Pendulum-v1"
+# What a user can cause with a wrong argument, file or environment: reported in one line, never as a traceback.
+# (Anything else is a bug in sb3-flow and keeps its traceback.)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # missing files, an output path under a regular file, permissions
+    ValueError,  # unreadable or foreign files, mismatched spaces or --algo
+    TypeError,
+    ImportError,  # an optional package the command needs
+    EOFError,
+    zipfile.BadZipFile,
+    pickle.UnpicklingError,
+    FloatingPointError,  # the NaN guards of training
+    gym.error.Error,  # unknown environment ids, missing environment dependencies
+)
+
+
+# ----- argument types: a bad number is an argparse error naming the option, before anything runs -----
+
+
+def _number_type(parse: Callable[[str], Any], check: Callable[[Any], Any], expected: str) -> Callable[[str], Any]:
+    """
+    An argparse ``type``: parse the text, then check it with sb3-flow's shared checks.
+
+    :param parse: ``int`` or ``float``
+    :param check: raises ValueError / TypeError for a value out of range
+    :param expected: what a valid value is, for the message ("a positive integer")
+    """
+
+    def convert(text: str) -> Any:
+        try:
+            return check(parse(text))
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+
+    convert.__name__ = expected  # argparse names the type in some messages
+    return convert
+
+
+positive_int = _number_type(int, lambda value: check_positive_int(value, "value"), "a positive integer")
+non_negative_int = _number_type(int, lambda value: check_positive_int(value, "value", minimum=0), "an integer >= 0")
+positive_float = _number_type(
+    float, lambda value: check_finite_number(value, "value", minimum=0.0, strict=True), "a finite number > 0"
+)
+non_negative_float = _number_type(
+    float, lambda value: check_finite_number(value, "value", minimum=0.0), "a finite number >= 0"
+)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, or a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# ----- the parser -----
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small MLPs)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (1 is fastest for small MLPs)")
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sb3-flow", description="Flow-matching policies for Stable-Baselines3")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    collect = commands.add_parser("collect", help="train (or load) an expert and collect demonstrations")
-    collect.add_argument("--env", default="Pendulum-v1", help="gymnasium environment id")
-    collect.add_argument(
-        "--expert", default="sac", help="sac | ppo | td3 (trained, cached), scripted (Pendulum-v1), or a saved model path"
+def _add_expert(parser: argparse.ArgumentParser, expert_steps: int) -> None:
+    parser.add_argument(
+        "--expert",
+        default="sac",
+        help=f"{' | '.join(EXPERT_ALGOS)} (trained once, then loaded from the cache), scripted (the Pendulum-v1 "
+        "controller), or the path of a saved SB3 model",
     )
-    collect.add_argument("--expert-algo", default="sac", help="algorithm of a saved expert model")
-    collect.add_argument("--expert-steps", type=int, default=20_000, help="training steps of a trained expert")
-    collect.add_argument("--episodes", type=int, default=50, help="number of demonstration episodes")
-    collect.add_argument("--action-noise", type=float, default=0.0, help="Gaussian action noise (fraction of half-width)")
-    collect.add_argument("--cache-dir", default=None, help="expert cache folder (default ~/.cache/sb3-flow)")
+    parser.add_argument("--expert-algo", choices=sorted(EXPERT_ALGOS), default="sac", help="algorithm of a saved expert model")
+    parser.add_argument("--expert-steps", type=positive_int, default=expert_steps, help="training steps of a trained expert")
+    parser.add_argument(
+        "--cache-dir", default=None, help="trained-expert cache folder (default: $SB3_FLOW_CACHE or ~/.cache/sb3-flow)"
+    )
+
+
+def _add_collect(commands: Any) -> None:
+    collect = commands.add_parser(
+        "collect", help="train (or load) an expert and collect demonstrations", formatter_class=_HelpFormatter
+    )
+    collect.add_argument("--env", default=DEFAULT_ENV, help="gymnasium environment id")
+    _add_expert(collect, DemoConfig.expert_steps)
+    collect.add_argument("--episodes", type=positive_int, default=50, help="number of demonstration episodes")
+    collect.add_argument(
+        "--action-noise", type=non_negative_float, default=0.0, help="Gaussian action noise (fraction of the half-width)"
+    )
     collect.add_argument("--out", default="demos.npz", help="output .npz")
     _add_common(collect)
 
-    pretrain = commands.add_parser("pretrain", help="flow-matching behaviour cloning from a demonstrations file")
-    pretrain.add_argument("--env", default="Pendulum-v1", help="gymnasium environment id")
+
+def _add_pretrain(commands: Any) -> None:
+    pretrain = commands.add_parser(
+        "pretrain", help="flow-matching behaviour cloning from a demonstrations file", formatter_class=_HelpFormatter
+    )
+    pretrain.add_argument("--env", default=DEFAULT_ENV, help="gymnasium environment id")
     pretrain.add_argument("--demos", required=True, help="demonstrations .npz")
     pretrain.add_argument("--algo", choices=("flow_bc", "gaussian_bc"), default="flow_bc", help="BC variant")
-    pretrain.add_argument("--steps", type=int, default=10_000, help="gradient steps")
-    pretrain.add_argument("--n-flow-steps", type=int, default=10, help="integration steps K (flow_bc)")
-    pretrain.add_argument("--batch-size", type=int, default=256, help="minibatch size")
-    pretrain.add_argument("--learning-rate", type=float, default=1e-3, help="learning rate")
-    pretrain.add_argument("--eval-freq", type=int, default=0, help="evaluate every N gradient steps (0: never)")
+    pretrain.add_argument("--steps", type=positive_int, default=10_000, help="gradient steps")
+    pretrain.add_argument("--n-flow-steps", type=positive_int, default=10, help="integration steps K (flow_bc)")
+    pretrain.add_argument("--batch-size", type=positive_int, default=256, help="minibatch size")
+    pretrain.add_argument("--learning-rate", type=positive_float, default=1e-3, help="learning rate")
+    pretrain.add_argument("--eval-freq", type=non_negative_int, default=0, help="evaluate every N gradient steps (0: never)")
     pretrain.add_argument("--tensorboard-log", default=None, help="tensorboard folder")
     pretrain.add_argument("--device", default="auto", help="auto | cpu | cuda")
     pretrain.add_argument("--out", default="flow_bc.zip", help="output model zip")
     _add_common(pretrain)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a saved model or policy")
+
+def _add_evaluate(commands: Any) -> None:
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved model or policy", formatter_class=_HelpFormatter)
     evaluate.add_argument("path", help="model zip or saved policy")
-    evaluate.add_argument("--env", default="Pendulum-v1", help="gymnasium environment id")
-    evaluate.add_argument("--algo", default=None, help="algorithm name (default: detected)")
-    evaluate.add_argument("--episodes", type=int, default=10, help="evaluation episodes")
+    evaluate.add_argument("--env", default=None, help=f"gymnasium environment id (default: the Zoo run's, else {DEFAULT_ENV})")
+    evaluate.add_argument(
+        "--algo",
+        choices=sorted(all_algorithms()),
+        default=None,
+        help="the algorithm that saved it (default: read from the file)",
+    )
+    evaluate.add_argument(
+        "--config",
+        default=None,
+        help="an RL-Zoo run's <run>/<env>/config.yml: evaluate inside its env_wrapper, normalization and frame stacking, "
+        "as the Zoo's enjoy does (default: the config next to a model in a Zoo run folder)",
+    )
+    evaluate.add_argument("--episodes", type=positive_int, default=10, help="evaluation episodes")
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions (default: deterministic)")
     _add_common(evaluate)
 
-    demo = commands.add_parser("demo", help="expert -> demonstrations -> Gaussian BC and Flow BC -> table and plot")
-    demo.add_argument("--env", default="Pendulum-v1", help="gymnasium environment id")
-    demo.add_argument("--expert", default="sac", help="sac | ppo | td3 | scripted | path of a saved model")
-    demo.add_argument("--expert-algo", default="sac", help="algorithm of a saved expert model")
-    demo.add_argument("--expert-steps", type=int, default=20_000, help="training steps of a trained expert")
-    demo.add_argument("--episodes", type=int, default=50, help="demonstration episodes")
-    demo.add_argument("--action-noise", type=float, default=0.3, help="demonstration action noise")
-    demo.add_argument("--bc-steps", type=int, default=5_000, help="gradient steps of each BC run")
-    demo.add_argument("--bc-learning-rate", type=float, default=1e-3, help="learning rate of each BC run")
-    demo.add_argument("--finetune-steps", type=int, default=40_960, help="env steps of each fine-tuning row (0: none)")
-    demo.add_argument("--steering-steps", type=int, default=2_000, help="env steps of each SAC-based steering row (0: none)")
-    demo.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per row")
-    demo.add_argument("--workers", type=int, default=2, help="processes for the fine-tuning rows (1: sequential)")
-    demo.add_argument("--cache-dir", default=None, help="expert cache folder")
-    demo.add_argument("--out-dir", default="demo_output", help="output folder")
+
+def _add_demo(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="expert -> demonstrations -> Gaussian BC and Flow BC -> fine-tuning and steering -> table and plot",
+        formatter_class=_HelpFormatter,
+    )
+    defaults = DemoConfig()
+    demo.add_argument("--env", default=defaults.env_id, help="gymnasium environment id")
+    _add_expert(demo, defaults.expert_steps)
+    demo.add_argument("--episodes", type=positive_int, default=defaults.n_episodes, help="demonstration episodes")
+    demo.add_argument(
+        "--action-noise", type=non_negative_float, default=defaults.action_noise, help="demonstration action noise"
+    )
+    demo.add_argument("--bc-steps", type=positive_int, default=defaults.bc_steps, help="gradient steps of each BC run")
+    demo.add_argument(
+        "--bc-learning-rate", type=positive_float, default=defaults.bc_learning_rate, help="learning rate of each BC run"
+    )
+    demo.add_argument(
+        "--finetune-steps",
+        type=non_negative_int,
+        default=defaults.finetune_steps,
+        help="env steps of each fine-tuning row (0: none)",
+    )
+    demo.add_argument(
+        "--steering-steps",
+        type=non_negative_int,
+        default=defaults.steering_steps,
+        help="env steps of each SAC-based steering row (0: none)",
+    )
+    demo.add_argument(
+        "--eval-episodes", type=positive_int, default=defaults.n_eval_episodes, help="evaluation episodes per row"
+    )
+    demo.add_argument(
+        "--workers", type=positive_int, default=defaults.n_workers, help="processes for the fine-tuning rows (1: sequential)"
+    )
+    demo.add_argument("--out-dir", default=defaults.out_dir, help="output folder")
     _add_common(demo)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sb3-flow",
+        description="Flow-matching policies for Stable-Baselines3. Each command's options: sb3-flow COMMAND --help",
+        formatter_class=_HelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_collect, _add_pretrain, _add_evaluate, _add_demo):
+        add(commands)
     return parser
+
+
+# ----- checks before any long work -----
+
+
+def _check_output(path: str, option: str, folder: bool = False) -> None:
+    """
+    Fail before minutes of training when an output cannot be written: a parent that is a regular file, a file where a
+    folder is wanted (or the reverse), a folder without write permission.
+
+    :raises OSError: naming the option, the path and the obstacle
+    """
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{option} {path} is a file, not a folder")
+    if not folder and target.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder; give a file name")
+    for parent in target.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"cannot write {option} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise PermissionError(f"cannot write {option} {path}: no write permission in {parent}")
+            return
+
+
+# ----- collect -----
+
+
+def _describe_expert(args: argparse.Namespace) -> tuple[str, str]:
+    """
+    What ``get_expert`` is about to do, as (before, after) messages: train and cache an SB3 expert, load it from the
+    cache, load a saved model, or use the scripted controller.
+    """
+    if args.expert == "scripted":
+        return "", f"expert: the scripted {args.env} controller"
+    algo = args.expert.lower()
+    if algo not in EXPERT_ALGOS:
+        return "", f"expert: {args.expert} (loaded as {args.expert_algo})"
+    cache = expert_cache_path(args.env, algo, args.expert_steps, args.seed, args.cache_dir)
+    if cache.is_file():
+        return "", f"expert: loaded the cached {algo} expert from {cache}"
+    return (
+        f"expert: training a {algo} expert for {args.expert_steps} steps (once: it is then cached)",
+        f"expert: trained a {algo} expert; cached at {cache} (reused for the same env, algorithm, steps and seed)",
+    )
 
 
 def _collect(args: argparse.Namespace) -> int:
     from sb3_flow.common.demonstrations import collect_demonstrations
-    from sb3_flow.demo import DemoConfig, get_expert
+    from sb3_flow.demo import get_expert
 
+    _check_output(args.out, "--out")
     config = DemoConfig(
         env_id=args.env,
         expert=args.expert,
@@ -88,20 +265,28 @@ def _collect(args: argparse.Namespace) -> int:
         seed=args.seed,
         cache_dir=args.cache_dir,
     )
+    before, after = _describe_expert(args)
+    if before:
+        print(before)
     expert = get_expert(config, progress_bar=True)
+    print(after)
     demos = collect_demonstrations(args.env, expert, args.episodes, args.action_noise, seed=args.seed, progress_bar=True)
     demos.save(args.out)
     summary = demos.summary()
     print(
-        f"wrote {args.out}: {summary['n_episodes']} episodes, {summary['n_transitions']} transitions, "
-        f"return {summary['mean_return']:.1f} ± {summary['std_return']:.1f}"
+        f"wrote {with_suffix_if_missing(args.out, '.npz')}: {summary['n_episodes']} episodes, "
+        f"{summary['n_transitions']} transitions, return {summary['mean_return']:.1f} ± {summary['std_return']:.1f}"
     )
     return 0
+
+
+# ----- pretrain -----
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from sb3_flow.bc import FlowBC, GaussianBC
 
+    _check_output(args.out, "--out")
     kwargs = dict(
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
@@ -118,24 +303,130 @@ def _pretrain(args: argparse.Namespace) -> int:
     model.learn(args.steps, progress_bar=True)
     model.save(args.out)
     mean, std = model.evaluate(n_eval_episodes=10)
-    print(f"wrote {args.out}; evaluation over 10 episodes: {mean:.1f} ± {std:.1f}")
+    print(f"wrote {with_suffix_if_missing(args.out, '.zip')}; evaluation over 10 episodes: {mean:.1f} ± {std:.1f}")
     return 0
+
+
+# ----- evaluate -----
+
+
+def _zoo_run_config(model_path: str, config: str | None) -> Path | None:
+    """
+    The RL-Zoo config to evaluate with: ``--config``, else the one the Zoo writes next to a model it saved
+    (``<run>/<env>.zip`` beside ``<run>/<env>/config.yml`` and ``args.yml``; ``best_model.zip`` and checkpoints beside the
+    run's one such folder), else None.
+    """
+    if config is not None:
+        return Path(existing_file(config, what="RL-Zoo run config (<run>/<env>/config.yml)"))
+    model = Path(model_path)
+
+    def is_run_folder(folder: Path) -> bool:
+        return (folder / "config.yml").is_file() and (folder / "args.yml").is_file()
+
+    if is_run_folder(model.parent / model.stem):
+        return model.parent / model.stem / "config.yml"
+    if model.name == "best_model.zip" or re.fullmatch(r"rl_model_\d+_steps\.zip", model.name):
+        found = sorted(folder for folder in model.parent.iterdir() if folder.is_dir() and is_run_folder(folder))
+        if len(found) > 1:
+            names = ", ".join(str(folder / "config.yml") for folder in found)
+            raise ValueError(f"{model.parent} holds several run configs ({names}): choose one with --config")
+        return found[0] / "config.yml" if found else None
+    return None
+
+
+def _wrapper_names(hyperparams: dict[str, Any]) -> list[str]:
+    """The env_wrapper entries of a Zoo config, by class name."""
+    entries = hyperparams.get("env_wrapper") or []
+    entries = entries if isinstance(entries, list) else [entries]
+    return [(next(iter(entry)) if isinstance(entry, dict) else str(entry)).rsplit(".", 1)[-1] for entry in entries]
+
+
+def _zoo_env(config: Path, env_id: str | None, seed: int) -> tuple[VecEnv, str, str]:
+    """
+    The environment an RL-Zoo run was trained in, built from its saved files by the Zoo's own ``create_test_env``
+    (as ``enjoy`` does). The Zoo writes these files with Python-object YAML tags: they are read as the Zoo reads them
+    (yaml's UnsafeLoader), so only evaluate runs you trust.
+
+    :return: (the VecEnv, its environment id, a description of what was applied)
+    """
+    try:
+        import yaml
+        from rl_zoo3.utils import create_test_env, get_saved_hyperparams
+    except ImportError as error:
+        raise ImportError(
+            f"{config} is an RL-Zoo run's config; evaluating with it needs rl_zoo3: pip install 'sb3-flow[zoo]'"
+        ) from error
+    stats_path = config.parent
+    hyperparams, maybe_stats_path = get_saved_hyperparams(str(stats_path), norm_reward=False, test_mode=True)
+    run_args: dict[str, Any] = {}
+    if (stats_path / "args.yml").is_file():
+        run_args = dict(yaml.load((stats_path / "args.yml").read_text(), Loader=yaml.UnsafeLoader))
+    env_id = env_id or str(run_args.get("env") or DEFAULT_ENV)
+    applied = [*_wrapper_names(hyperparams), *(["VecNormalize"] if hyperparams.get("normalize") else [])]
+    if hyperparams.get("frame_stack"):
+        applied.append(f"{hyperparams['frame_stack']} stacked frames")
+    env = create_test_env(
+        env_id,
+        n_envs=1,
+        stats_path=maybe_stats_path,
+        seed=seed,
+        log_dir=None,
+        should_render=False,
+        hyperparams=hyperparams,
+        env_kwargs=run_args.get("env_kwargs") or {},
+    )
+    return env, env_id, f"with {config}: {', '.join(applied) or 'no wrappers'}"
+
+
+def _evaluation_env(args: argparse.Namespace, model_path: str) -> tuple[VecEnv, str, str]:
+    """The environment to evaluate in, its id, and a note on what was applied to it."""
+    config = _zoo_run_config(model_path, args.config)
+    if config is not None:
+        env, env_id, note = _zoo_env(config, args.env, args.seed)
+    else:
+        env_id = args.env or DEFAULT_ENV
+        env, note = gym.make(env_id), "raw environment"
+    # SB3's own wrapping (Monitor, DummyVecEnv, image transposition), as when a model is given an env.
+    vec_env = BaseAlgorithm._wrap_env(env, verbose=0, monitor_wrapper=True)
+    vec_env.seed(args.seed)
+    return vec_env, env_id, note
+
+
+def _check_spaces(loaded: Any, env: VecEnv, path: str, note: str) -> None:
+    """A model or policy built for other spaces than the environment's is refused before it acts."""
+    try:
+        check_policy_matches_env(
+            loaded.observation_space, loaded.action_space, env.observation_space, env.action_space, what="saved model"
+        )
+    except ValueError as error:
+        hint = ""
+        if note == "raw environment":
+            hint = (
+                " (a model trained inside an env_wrapper, e.g. with the Zoo's sac_dsrl or sac_residual config, is "
+                "evaluated inside it: pass its run's <run>/<env>/config.yml with --config)"
+            )
+        raise ValueError(f"{path}: {error}{hint}") from error
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from sb3_flow.registry import load_any
 
-    loaded, name = load_any(args.path, args.algo, device="cpu")
-    env = Monitor(gym.make(args.env))
-    env.reset(seed=args.seed)
+    path = existing_file(args.path, ".zip", what="saved model or policy")
+    loaded, name = load_any(path, args.algo, device="cpu")
+    env, env_id, note = _evaluation_env(args, path)
+    _check_spaces(loaded, env, path, note)
     mean, std = evaluate_policy(loaded, env, n_eval_episodes=args.episodes, deterministic=not args.stochastic)
-    print(f"{args.path} ({name}) on {args.env}, {args.episodes} episodes: {mean:.1f} ± {std:.1f}")
+    print(f"{args.path} ({name}) on {env_id}, {note}, {args.episodes} episodes: {mean:.1f} ± {std:.1f}")
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from sb3_flow.demo import DemoConfig, format_table, run_demo
+# ----- demo -----
 
+
+def _demo(args: argparse.Namespace) -> int:
+    from sb3_flow.demo import format_table, run_demo
+
+    _check_output(args.out_dir, "--out-dir", folder=True)
     config = DemoConfig(
         env_id=args.env,
         expert=args.expert,
@@ -153,23 +444,41 @@ def _demo(args: argparse.Namespace) -> int:
         out_dir=args.out_dir,
         cache_dir=args.cache_dir,
     )
+    before, after = _describe_expert(args)
+    print(before or after)
     result = run_demo(config)
+    if before:
+        print(after)
     print()
     print(format_table(result.rows))
     print(f"\nplot: {result.files['plot']}   results: {result.files['results']}")
     return 0
 
 
+def _one_line(error: BaseException) -> str:
+    """The error as one line (gymnasium's messages do not say they come from gymnasium)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"gymnasium {type(error).__name__}: {text}" if isinstance(error, gym.error.Error) else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sb3-flow`` console script."""
+    """
+    Entry point of the ``sb3-flow`` console script.
+
+    :param argv: the arguments (default: ``sys.argv[1:]``)
+    :return: 0 on success, 2 for an expected failure (one line on stderr), 130 when interrupted
+    """
     args = _build_parser().parse_args(argv)
     set_torch_threads(args.threads)
     handlers = {"collect": _collect, "pretrain": _pretrain, "evaluate": _evaluate, "demo": _demo}
     try:
         return handlers[args.command](args)
-    except (FileNotFoundError, ValueError, TypeError) as error:
-        print(f"sb3-flow {args.command}: error: {error}", file=sys.stderr)
+    except EXPECTED_ERRORS as error:
+        print(f"sb3-flow {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"sb3-flow {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,21 +11,33 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.monitor import Monitor
 
 from sb3_flow.bc import FlowBC, GaussianBC
-from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations
-from sb3_flow.common.experts import load_expert, pendulum_swing_up, train_expert
-from sb3_flow.common.utils import set_torch_threads
+from sb3_flow.common.demonstrations import collect_demonstrations
+from sb3_flow.common.utils import check_positive_int, set_torch_threads
 from sb3_flow.dsrl import DSRLNA
+from sb3_flow.experiments import (
+    DSRL_NOISE_BOUND,
+    EXPERT_ALGOS,
+    FLOW_PPO_PENDULUM_FINETUNE,
+    PENDULUM_PIPELINE,
+    REINFLOW_PENDULUM_FINETUNE,
+    STEERING_SAC,
+    evaluate_episodes,
+    finetune_model,
+    load_expert,
+    pendulum_swing_up,
+    pretrain,
+    steering_wrapper,
+    train_expert,
+)
 from sb3_flow.fpo import FlowPPO
 from sb3_flow.reinflow import ReinFlow
-from sb3_flow.wrappers import VecNoiseActionWrapper, VecResidualActionWrapper, zero_init_actor
+from sb3_flow.wrappers import zero_init_actor
 
 
 @dataclass
@@ -52,19 +64,19 @@ class DemoConfig:
     :param cache_dir: expert cache folder (None: the default)
     """
 
-    env_id: str = "Pendulum-v1"
+    env_id: str = PENDULUM_PIPELINE.env_id
     expert: str = "sac"
     expert_algo: str = "sac"
-    expert_steps: int = 20_000
-    n_episodes: int = 50
-    action_noise: float = 0.3
-    bc_steps: int = 5_000
-    bc_learning_rate: float = 1e-3
+    expert_steps: int = PENDULUM_PIPELINE.expert_steps
+    n_episodes: int = PENDULUM_PIPELINE.n_episodes
+    action_noise: float = PENDULUM_PIPELINE.action_noise
+    bc_steps: int = PENDULUM_PIPELINE.bc_steps
+    bc_learning_rate: float = PENDULUM_PIPELINE.bc_learning_rate
     finetune_steps: int = 40_960
     steering_steps: int = 2_000
     n_eval_episodes: int = 20
     n_workers: int = 2
-    seed: int = 0
+    seed: int = PENDULUM_PIPELINE.seed
     out_dir: str = "demo_output"
     cache_dir: str | None = None
 
@@ -95,7 +107,7 @@ def get_expert(config: DemoConfig, progress_bar: bool = True) -> Any:
         if config.env_id != "Pendulum-v1":
             raise ValueError("the scripted expert only controls Pendulum-v1")
         return pendulum_swing_up
-    if config.expert.lower() in ("sac", "ppo", "td3"):
+    if config.expert.lower() in EXPERT_ALGOS:
         return train_expert(
             config.env_id, config.expert, config.expert_steps, config.seed, config.cache_dir, progress_bar=progress_bar
         )
@@ -103,21 +115,8 @@ def get_expert(config: DemoConfig, progress_bar: bool = True) -> Any:
 
 
 def _evaluate(policy_or_model: Any, config: DemoConfig) -> tuple[float, float]:
-    env = Monitor(gym.make(config.env_id))
-    env.reset(seed=config.seed + 10_000)  # evaluation episodes differ from the demonstrations' episodes
-    if callable(policy_or_model) and not hasattr(policy_or_model, "predict"):
-        returns = []
-        for episode in range(config.n_eval_episodes):
-            obs, _ = env.reset(seed=config.seed + 10_000 + episode)
-            done, total = False, 0.0
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(policy_or_model(obs))
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
-        return float(np.mean(returns)), float(np.std(returns))
-    mean, std = evaluate_policy(policy_or_model, env, n_eval_episodes=config.n_eval_episodes, deterministic=True)
-    return float(mean), float(std)
+    # evaluation episodes differ from the demonstrations' episodes
+    return evaluate_episodes(policy_or_model, config.env_id, config.n_eval_episodes, seed=config.seed + 10_000)
 
 
 def _timed(step: Callable[[], Any]) -> tuple[Any, float]:
@@ -135,8 +134,10 @@ def run_demo(config: DemoConfig, progress_bar: bool = True, log: Callable[[str],
     :param log: where progress lines go
     :return: the table rows and file paths
     """
-    if isinstance(config.n_workers, bool) or not isinstance(config.n_workers, int) or config.n_workers < 1:
-        raise ValueError(f"n_workers must be a positive integer, got {config.n_workers!r}")
+    for name in ("expert_steps", "n_episodes", "bc_steps", "n_eval_episodes", "n_workers"):
+        check_positive_int(getattr(config, name), name)
+    for name in ("finetune_steps", "steering_steps"):
+        check_positive_int(getattr(config, name), name, minimum=0)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = DemoResult(config)
@@ -217,9 +218,10 @@ def _finetune_in_workers(jobs: list[tuple[str, int]], config: DemoConfig, flow_b
         return [future.result() for future in futures]
 
 
-def _pretrain(algorithm: type, demos: Demonstrations, config: DemoConfig, progress_bar: bool) -> Any:
-    model = algorithm("MlpPolicy", config.env_id, demos, learning_rate=config.bc_learning_rate, seed=config.seed, device="cpu")
-    return model.learn(config.bc_steps, progress_bar=progress_bar)
+def _pretrain(algorithm: type, demos: Any, config: DemoConfig, progress_bar: bool) -> Any:
+    return pretrain(
+        algorithm, config.env_id, demos, config.bc_steps, config.bc_learning_rate, config.seed, progress_bar=progress_bar
+    )
 
 
 @dataclass
@@ -236,61 +238,42 @@ def _eval_env(config: DemoConfig, wrap: Callable[[Any], Any] | None = None) -> A
 
 
 def finetune_flow_ppo(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
-    """FlowPPO from the Flow BC base with the settings of ``benchmarks/fpo_finetune_pendulum.py``."""
-    env = make_vec_env(config.env_id, n_envs=8, seed=config.seed)
-    model = FlowPPO(
-        "MlpPolicy", env, base_policy=base, n_steps=256, batch_size=256, n_epochs=10, gamma=0.9, learning_rate=3e-5,
-        critic_learning_rate=1e-3, critic_warmup_rollouts=3, clip_range=0.02, ratio_mode="per_sample", seed=config.seed,
-        device="cpu",
-    )  # fmt: skip
+    """FlowPPO from the Flow BC base with :data:`~sb3_flow.experiments.FLOW_PPO_PENDULUM_FINETUNE`."""
+    model = finetune_model(FlowPPO, config.env_id, base, FLOW_PPO_PENDULUM_FINETUNE, config.seed)
     return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config))
-
-
-# ReinFlow's Pendulum fine-tuning settings, shared with benchmarks/reinflow_pendulum.py and zoo_configs/reinflow.yml.
-REINFLOW_PENDULUM_FINETUNE: dict[str, Any] = {
-    "n_steps": 256,
-    "batch_size": 256,
-    "n_epochs": 10,
-    "gamma": 0.9,
-    "gae_lambda": 0.95,
-    "learning_rate": 1e-4,
-    "critic_learning_rate": 1e-3,
-    "critic_warmup_rollouts": 3,
-    "clip_range": 0.01,
-    "ent_coef": 0.01,
-    "min_std": 0.1,
-    "max_std": 0.3,
-    "n_flow_steps": 4,
-}
 
 
 def finetune_reinflow(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
-    """ReinFlow (learned noise) from the Flow BC base with :data:`REINFLOW_PENDULUM_FINETUNE`."""
-    env = make_vec_env(config.env_id, n_envs=8, seed=config.seed)
-    model = ReinFlow("MlpPolicy", env, base_policy=base, seed=config.seed, device="cpu", **REINFLOW_PENDULUM_FINETUNE)
+    """ReinFlow (learned noise) from the Flow BC base with :data:`~sb3_flow.experiments.REINFLOW_PENDULUM_FINETUNE`."""
+    model = finetune_model(ReinFlow, config.env_id, base, REINFLOW_PENDULUM_FINETUNE, config.seed)
     return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config))
 
 
-def steer_dsrl(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
-    """SAC in the Flow BC base's noise space (DSRL), starting at the base's zero-noise action."""
-    wrap = lambda env: VecNoiseActionWrapper(env, base.policy, noise_bound=1.5)  # noqa: E731
-    model = SAC("MlpPolicy", wrap(make_vec_env(config.env_id, seed=config.seed)), learning_rate=1e-3, seed=config.seed)
+def _steer_with_sac(method: str, base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
+    """SAC through a steering wrapper around the Flow BC base, its actor starting at the base (zero correction)."""
+    wrap = steering_wrapper(method, base.policy)
+    model = SAC("MlpPolicy", wrap(make_vec_env(config.env_id, seed=config.seed)), seed=config.seed, **STEERING_SAC)
     zero_init_actor(model)
     return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config, wrap))
 
 
+def steer_dsrl(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
+    """SAC in the Flow BC base's noise space (DSRL), starting at the base's zero-noise action."""
+    return _steer_with_sac("dsrl", base, config, steps, progress_bar)
+
+
 def steer_dsrl_na(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
     """DSRL-NA around the Flow BC base."""
-    model = DSRLNA("MlpPolicy", config.env_id, base_policy=base.policy, learning_rate=1e-3, seed=config.seed, device="cpu")
+    model = DSRLNA(
+        "MlpPolicy", config.env_id, base_policy=base.policy, noise_bound=DSRL_NOISE_BOUND, seed=config.seed, device="cpu",
+        **STEERING_SAC,
+    )  # fmt: skip
     return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config))
 
 
 def steer_residual(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
     """Residual SAC around the Flow BC base, starting at exactly zero correction."""
-    wrap = lambda env: VecResidualActionWrapper(env, base.policy, append_base_action=True)  # noqa: E731
-    model = SAC("MlpPolicy", wrap(make_vec_env(config.env_id, seed=config.seed)), learning_rate=1e-3, seed=config.seed)
-    zero_init_actor(model)
-    return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config, wrap))
+    return _steer_with_sac("residual", base, config, steps, progress_bar)
 
 
 # Fine-tuning rows of the demo, in order, with the config field that holds their step budget; later methods add

@@ -54,6 +54,25 @@ class DictObsEnv(gym.Env):
         return self._obs, reward, False, self._t >= 10, {}
 
 
+class ChannelLastImageEnv(gym.Env):
+    """36x36 RGB observations (NatureCNN's smallest), channel-last as gymnasium renders them (SB3 transposes them)."""
+
+    def __init__(self):
+        self.observation_space = spaces.Box(0, 255, (36, 36, 3), np.uint8)
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.observation_space.seed(seed)
+        self._t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self._t += 1
+        return self.observation_space.sample(), 0.0, False, self._t >= 5, {}
+
+
 def bimodal_demonstrations(n: int = 4000, seed: int = 0) -> Demonstrations:
     """Actions +0.8 or -0.8 with equal probability in every state."""
     rng = np.random.default_rng(seed)

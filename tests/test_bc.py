@@ -7,9 +7,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
 from sb3_flow import FlowBC, GaussianBC
-from sb3_flow.common.demonstrations import Demonstrations
+from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations
 from sb3_flow.common.evaluation import returns_on_starts
-from tests.helpers import BimodalEnv, DictObsEnv, bimodal_demonstrations
+from tests.helpers import BimodalEnv, ChannelLastImageEnv, DictObsEnv, bimodal_demonstrations
 
 
 def test_flow_bc_keeps_both_modes_where_gaussian_bc_averages_them():
@@ -123,14 +123,48 @@ def test_dict_observations():
 
 
 def test_non_finite_loss_raises_and_leaves_weights_unchanged():
-    demos = bimodal_demonstrations(200)
-    demos.actions[:] = np.nan
-    model = FlowBC("MlpPolicy", BimodalEnv(), demos, seed=0, policy_kwargs={"net_arch": [8]})
+    model = FlowBC("MlpPolicy", BimodalEnv(), bimodal_demonstrations(200), seed=0, policy_kwargs={"net_arch": [8]})
+    # Past the demonstrations' own check: the training tensors go bad (as a diverging features extractor would).
+    model._demonstration_tensors()["observations"][:] = float("inf")
     before = [p.detach().clone() for p in model.policy.parameters()]
     with pytest.raises(FloatingPointError, match="cfm_loss is nan"):
         model.learn(3)
     for old, new in zip(before, model.policy.parameters(), strict=True):
         assert th.equal(old, new)
+
+
+def test_nan_learning_rate_schedule_raises_before_any_step():
+    def schedule(progress_remaining: float) -> float:
+        return 1e-3 if progress_remaining > 0.5 else float("nan")
+
+    model = FlowBC("MlpPolicy", BimodalEnv(), bimodal_demonstrations(200), learning_rate=schedule, seed=0)
+    with pytest.raises(FloatingPointError, match="learning-rate schedule returned nan"):
+        model.learn(10)
+    assert model.num_timesteps == 5
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
+
+
+@pytest.mark.parametrize("algorithm", [FlowBC, GaussianBC])
+@pytest.mark.parametrize("field", ["actions", "observations"])
+def test_non_finite_demonstrations_are_rejected(algorithm, field):
+    demos = bimodal_demonstrations(200)
+    getattr(demos, field)[7] = np.nan
+    with pytest.raises(ValueError, match=f"Demonstration {field} hold NaN or inf in 1 of 200 rows \\(first at row 7\\)"):
+        algorithm("MlpPolicy", BimodalEnv(), demos)
+
+
+def test_flow_bc_takes_demonstrations_recorded_from_its_channel_last_image_env():
+    env = ChannelLastImageEnv()
+    demos = collect_demonstrations(env, lambda obs: np.array([obs.mean() / 255.0], np.float32), n_episodes=2, seed=0)
+    assert demos.observations.shape[1:] == (36, 36, 3)
+    model = FlowBC("CnnPolicy", ChannelLastImageEnv(), demos, batch_size=8, seed=0,
+                   policy_kwargs={"net_arch": [8], "features_extractor_kwargs": {"features_dim": 8}})  # fmt: skip
+    # SB3 transposed the env to channel-first; the demonstrations were transposed the same way, the caller's kept.
+    assert model.observation_space.shape == (3, 36, 36)
+    assert model.demonstrations.observations.shape[1:] == (3, 36, 36)
+    np.testing.assert_array_equal(model.demonstrations.observations[0], demos.observations[0].transpose(2, 0, 1))
+    assert demos.observations.shape[1:] == (36, 36, 3)
+    model.learn(2)
 
 
 def test_bad_input_errors(tmp_path, pendulum_demos):
@@ -156,13 +190,13 @@ def test_bad_input_errors(tmp_path, pendulum_demos):
 def test_loading_a_foreign_or_corrupt_zip_is_a_clear_error(tmp_path):
     gaussian = GaussianBC("MlpPolicy", BimodalEnv(), bimodal_demonstrations(100), policy_kwargs={"net_arch": [8]})
     gaussian.save(tmp_path / "gaussian.zip")
-    with pytest.raises(ValueError, match="not a FlowPolicy"):
+    with pytest.raises(ValueError, match="holds a GaussianBC model, not a FlowBC model"):
         FlowBC.load(tmp_path / "gaussian.zip")
     loaded = GaussianBC.load(tmp_path / "gaussian.zip")
     obs = np.zeros((3, 2), dtype=np.float32)
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], gaussian.predict(obs, deterministic=True)[0])
     (tmp_path / "corrupt.zip").write_bytes(b"PK not really")
-    with pytest.raises(ValueError, match="not an SB3 model zip"):
+    with pytest.raises(ValueError, match="not a readable SB3 model zip"):
         FlowBC.load(tmp_path / "corrupt.zip")
     with pytest.raises(FileNotFoundError):
         FlowBC.load(tmp_path / "missing.zip")

@@ -1,15 +1,19 @@
 """The sb3-flow command line: collect -> pretrain -> evaluate, the demo, and its error messages."""
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
 from stable_baselines3 import SAC
 
+from sb3_flow import DSRLNA, FlowBC, FlowPPO, GaussianBC, ReinFlow
 from sb3_flow.cli import main
 from sb3_flow.common.demonstrations import Demonstrations
 from sb3_flow.common.experts import expert_cache_path, train_expert
-from sb3_flow.registry import load_any
+from sb3_flow.common.files import SAVED_BY_KEY
+from sb3_flow.demo import DemoConfig
+from sb3_flow.registry import all_algorithms, detect_algorithm, load_any
 
 
 def test_collect_pretrain_evaluate(tmp_path, capsys):
@@ -112,3 +116,188 @@ def test_demo_rows_are_the_same_with_worker_processes(tmp_path):
     assert parallel == sequential  # the workers load the saved Flow BC base: same weights, same seeds, same rows
     with pytest.raises(ValueError, match="n_workers"):
         run_demo(DemoConfig(expert="scripted", n_workers=0, out_dir=str(tmp_path / "bad")))
+
+
+# ----- hardening: one list of algorithms, exact detection, one-line errors, checked numbers, honest help -----
+
+
+def _stripped_of_saved_by(path, out):
+    """A copy of a model zip as an older sb3-flow (or SB3 itself) wrote it: no record of the algorithm."""
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(out, "w") as target:
+        for item in source.infolist():
+            content = source.read(item)
+            if item.filename == "data":
+                data = json.loads(content)
+                data.pop(SAVED_BY_KEY, None)
+                content = json.dumps(data).encode()
+            target.writestr(item, content)
+    return out
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sb3-flow {command}: error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory, pendulum_demos):
+    """A tiny saved model of each sb3-flow algorithm (no training beyond a few steps: only the files matter)."""
+    folder = tmp_path_factory.mktemp("models")
+
+    def small():
+        return {"net_arch": [8]}  # one dict per model: SB3's off-policy constructor writes use_sde into the one it gets
+
+    flow_bc = FlowBC("MlpPolicy", "Pendulum-v1", pendulum_demos, n_flow_steps=2, policy_kwargs=small()).learn(2)
+    models = {
+        "flow_bc": flow_bc,
+        "gaussian_bc": GaussianBC("MlpPolicy", "Pendulum-v1", pendulum_demos, policy_kwargs=small()),
+        "flow_ppo": FlowPPO("MlpPolicy", "Pendulum-v1", n_steps=16, batch_size=16, n_flow_steps=2, policy_kwargs=small()),
+        "reinflow": ReinFlow("MlpPolicy", "Pendulum-v1", n_steps=16, batch_size=16, n_flow_steps=2, policy_kwargs=small()),
+        "dsrl_na": DSRLNA("MlpPolicy", "Pendulum-v1", base_policy=flow_bc, buffer_size=10, policy_kwargs=small()),
+    }
+    paths = {}
+    for name, model in models.items():
+        model.save(folder / f"{name}.zip")
+        paths[name] = folder / f"{name}.zip"
+    return paths
+
+
+def test_reinflow_is_known_to_the_cli(saved_models, capsys):
+    path = str(saved_models["reinflow"])
+    assert main(["evaluate", path, "--episodes", "1"]) == 0
+    assert "(reinflow)" in capsys.readouterr().out  # was labelled "(flow_ppo)"
+    assert main(["evaluate", path, "--episodes", "1", "--algo", "reinflow"]) == 0  # was "unknown"
+    assert "(reinflow)" in capsys.readouterr().out
+    assert main(["evaluate", path, "--algo", "flow_ppo"]) == 2
+    assert "holds a reinflow model, not a flow_ppo model" in _one_error_line(capsys, "evaluate")
+
+
+@pytest.mark.parametrize("name", ["ppo", "a2c", "sac", "td3", "ddpg"])
+def test_detection_tells_apart_sb3_algorithms_that_share_a_policy(name, tmp_path):
+    algorithm = all_algorithms()[name]
+    kwargs = {"buffer_size": 10} if name in ("sac", "td3", "ddpg") else {"n_steps": 8}
+    algorithm("MlpPolicy", "Pendulum-v1", policy_kwargs={"net_arch": [8]}, **kwargs).save(tmp_path / "model.zip")
+    # "The first algorithm whose load works" called an A2C zip "ppo" and a DDPG zip "td3".
+    assert detect_algorithm(tmp_path / "model.zip") == name
+    loaded, loaded_as = load_any(tmp_path / "model.zip")
+    assert loaded_as == name and type(loaded) is algorithm
+
+
+@pytest.mark.parametrize("name", ["flow_bc", "gaussian_bc", "flow_ppo", "reinflow", "dsrl_na"])
+def test_detection_of_sb3_flow_models_with_and_without_the_saved_by_record(name, saved_models, tmp_path):
+    assert detect_algorithm(saved_models[name]) == name
+    # Files that do not record their algorithm are told apart by their policy class and saved settings.
+    assert detect_algorithm(_stripped_of_saved_by(saved_models[name], tmp_path / "old.zip")) == name
+
+
+def test_detection_of_a_model_no_algorithm_of_the_list_saved(tmp_path):
+    from stable_baselines3 import DQN
+
+    DQN("MlpPolicy", "CartPole-v1", buffer_size=10, policy_kwargs={"net_arch": [8]}).save(tmp_path / "dqn.zip")
+    with pytest.raises(ValueError, match=r"stable_baselines3\.dqn\.policies\.DQNPolicy, which belongs to none of"):
+        detect_algorithm(tmp_path / "dqn.zip")
+
+
+def _corrupt_data_member(path, out):
+    """The model zip with one byte of its stored ``data`` member changed: its CRC no longer matches."""
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for item in source.infolist():
+            target.writestr(item.filename, source.read(item))
+    raw = out.read_bytes()
+    out.write_bytes(raw.replace(b'"policy_class"', b'"policy_clasz"', 1))
+    return out
+
+
+def _expected_failures(tmp_path, saved_models):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(saved_models["flow_bc"].read_bytes()[:2000])
+    flow_bc = str(saved_models["flow_bc"])
+    return {
+        "bad env id": (["evaluate", flow_bc, "--env", "NoSuchEnv-v0"], "gymnasium NameNotFound"),
+        "truncated zip": (["evaluate", str(truncated)], "neither a saved model"),
+        "bad CRC": (["evaluate", str(_corrupt_data_member(saved_models["flow_bc"], tmp_path / "crc.zip"))], "cannot be read"),
+        "collect output under a file": (
+            ["collect", "--expert", "scripted", "--out", str(a_file / "demos.npz")],
+            f"{a_file} is a file, not a folder",
+        ),
+        "pretrain output under a file": (
+            ["pretrain", "--demos", "missing.npz", "--out", str(a_file / "model.zip")],
+            f"{a_file} is a file, not a folder",
+        ),
+        "demo output is a file": (["demo", "--expert", "scripted", "--out-dir", str(a_file)], "is a file, not a folder"),
+        "mismatched --algo": (["evaluate", flow_bc, "--algo", "dsrl_na"], "holds a flow_bc model, not a dsrl_na model"),
+        "mismatched spaces": (["evaluate", flow_bc, "--env", "MountainCarContinuous-v0"], "does not match"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad env id",
+        "truncated zip",
+        "bad CRC",
+        "collect output under a file",
+        "pretrain output under a file",
+        "demo output is a file",
+        "mismatched --algo",
+        "mismatched spaces",
+    ],
+)
+def test_expected_failures_are_one_line_and_a_non_zero_exit(case, tmp_path, saved_models, capsys):
+    argv, message = _expected_failures(tmp_path, saved_models)[case]
+    assert main(argv) == 2  # an exception escaping main would fail the test with its traceback
+    assert message in _one_error_line(capsys, argv[0])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["pretrain", "--demos", "d.npz", "--steps", "-5"], "argument --steps: must be a positive integer, got '-5'"),
+        (["evaluate", "m.zip", "--episodes", "0"], "argument --episodes: must be a positive integer, got '0'"),
+        (["collect", "--episodes", "2.5"], "argument --episodes: must be a positive integer, got '2.5'"),
+        (["pretrain", "--demos", "d.npz", "--learning-rate", "nan"], "argument --learning-rate: must be a finite number > 0"),
+        (["collect", "--action-noise", "-0.1"], "argument --action-noise: must be a finite number >= 0"),
+        (["demo", "--workers", "0"], "argument --workers: must be a positive integer"),
+        (["evaluate", "m.zip", "--algo", "unknown"], "argument --algo: invalid choice: 'unknown'"),
+    ],
+)
+def test_argparse_rejects_bad_numbers_and_names(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_shows_defaults_and_the_algorithm_choices(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "250")  # one option per line, so that no default is wrapped apart
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--help"])
+    assert exit_info.value.code == 0
+    evaluate_help = capsys.readouterr().out
+    assert "--episodes EPISODES   evaluation episodes (default: 10)" in evaluate_help
+    assert "{" + ",".join(sorted(all_algorithms())) + "}" in evaluate_help and "reinflow" in evaluate_help
+    assert "(default: None)" not in evaluate_help
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    demo_help = capsys.readouterr().out
+    # The demo's defaults are DemoConfig's, shown as such.
+    assert f"(0: none) (default: {DemoConfig().finetune_steps})" in demo_help
+    assert f"(default: {DemoConfig().expert_steps})" in demo_help
+
+
+def test_collect_says_whether_it_trained_or_loaded_the_cached_expert(tmp_path, capsys):
+    cache_dir = tmp_path / "cache"
+    argv = ["collect", "--expert", "sac", "--expert-steps", "100", "--episodes", "1", "--cache-dir", str(cache_dir)]
+    argv += ["--out", str(tmp_path / "demos.npz")]
+    cache = expert_cache_path("Pendulum-v1", "sac", 100, 0, cache_dir)
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert f"trained a sac expert; cached at {cache}" in first and "loaded the cached" not in first
+    assert cache.is_file()
+    assert main(argv) == 0
+    second = capsys.readouterr().out
+    assert f"loaded the cached sac expert from {cache}" in second and "train" not in second

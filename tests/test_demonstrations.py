@@ -6,7 +6,7 @@ from stable_baselines3 import SAC
 
 from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations, from_minari
 from sb3_flow.common.experts import pendulum_swing_up
-from tests.helpers import DictObsEnv
+from tests.helpers import BimodalEnv, DictObsEnv
 
 
 def test_collect_records_consistent_episodes(pendulum_demos):
@@ -171,3 +171,21 @@ def test_returns_on_starts_replays_the_same_initial_states(pendulum_demos):
     # The demonstrations were collected from seeds 0..19 too: their starts are what the paired comparison replays.
     first_obs = [pendulum_demos.observations[i * 200] for i in range(3)]
     np.testing.assert_allclose(first_obs[0], gym.make("Pendulum-v1").reset(seed=0)[0])
+
+
+def test_an_expert_returning_nan_stops_collection_with_a_clear_error():
+    calls = []
+
+    def flaky_expert(obs):
+        calls.append(obs)
+        return np.array([np.nan if len(calls) == 7 else 0.5], np.float32)
+
+    with pytest.raises(ValueError, match=r"non-finite action \[nan\] at step 6 \(episode 0\)"):
+        collect_demonstrations(BimodalEnv(), flaky_expert, n_episodes=2, seed=0)
+
+
+def test_collect_accepts_numpy_integers_and_rejects_bad_counts():
+    demos = collect_demonstrations(BimodalEnv(episode_length=3), lambda obs: np.zeros(1), n_episodes=np.int64(2), seed=0)
+    assert demos.n_episodes == 2
+    with pytest.raises(ValueError, match="n_episodes must be a positive integer"):
+        collect_demonstrations(BimodalEnv(), lambda obs: np.zeros(1), n_episodes=0)

@@ -91,6 +91,40 @@ def test_time_samplers():
     assert th.equal(time_grid(4), th.tensor([0.0, 0.25, 0.5, 0.75]))
 
 
+def test_default_beta_times_favour_the_noise_end_as_pi0_does():
+    # openpi draws Beta(1.5, 1) with t = 1 at the noise; here t = 0 is the noise: Beta(1, 1.5), mean 0.4.
+    times = sample_times((20000,), "beta", generator=th.Generator().manual_seed(0))
+    assert abs(times.mean().item() - 0.4) < 0.01
+    assert (times < 0.5).float().mean() > 0.6
+
+
+def test_beta_times_come_from_the_generator_alone():
+    def draw(seed: int) -> th.Tensor:
+        return sample_times((64, 8), "beta", beta_params=(1.5, 0.7), generator=th.Generator().manual_seed(seed))
+
+    th.manual_seed(0)
+    global_state = th.get_rng_state()
+    first, again, other = draw(1), draw(1), draw(2)
+    assert th.equal(first, again) and not th.equal(first, other)
+    assert th.equal(th.get_rng_state(), global_state)  # the global random state was not used
+    assert first.shape == (64, 8) and first.min() >= 0 and first.max() <= 1
+
+
+@pytest.mark.parametrize("beta_params", [(1.0, 1.5), (0.3, 0.5), (5.0, 2.0)])
+def test_beta_sampler_matches_torch_beta_distribution(beta_params):
+    times = sample_times((20000,), "beta", beta_params=beta_params, generator=th.Generator().manual_seed(0))
+    th.manual_seed(1)
+    reference = th.distributions.Beta(*(th.tensor(p) for p in beta_params)).sample((20000,))
+    quantiles = th.linspace(0.05, 0.95, 19)
+    assert (times.quantile(quantiles) - reference.quantile(quantiles)).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("beta_params", [(0.0, 1.0), (1.0, float("nan")), (1.0,)])
+def test_bad_beta_params_are_rejected(beta_params):
+    with pytest.raises(ValueError, match="beta_params"):
+        sample_times((3,), "beta", beta_params=beta_params)
+
+
 @pytest.mark.parametrize("n_steps", [1, 3, 10])
 @pytest.mark.parametrize("method", ["euler", "midpoint"])
 def test_integrators_follow_the_field(n_steps, method):

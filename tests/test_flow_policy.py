@@ -144,7 +144,7 @@ def test_bad_input_errors(tmp_path):
         policy.sample(th.zeros(2, 3), n_steps=0)
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"this is not a policy")
-    with pytest.raises(ValueError, match="not a FlowPolicy"):
+    with pytest.raises(ValueError, match=r"corrupt\.pt is not a readable policy file"):
         FlowPolicy.load(corrupt)
     with pytest.raises(FileNotFoundError):
         FlowPolicy.load(tmp_path / "missing.pt")
@@ -155,8 +155,8 @@ def test_load_flow_policy_accepts_objects_models_and_paths(tmp_path):
     from tests.helpers import BimodalEnv, bimodal_demonstrations
 
     model = FlowBC("MlpPolicy", BimodalEnv(), bimodal_demonstrations(100), policy_kwargs={"net_arch": [8]})
-    assert load_flow_policy(model.policy) is model.policy
-    assert load_flow_policy(model) is model.policy
+    assert load_flow_policy(model.policy) is not model.policy  # a copy: see the test below
+    assert load_flow_policy(model).state_dict().keys() == model.policy.state_dict().keys()
     model.save(tmp_path / "bc.zip")
     model.policy.save(str(tmp_path / "policy.pt"))
     obs = np.zeros((2, 2), dtype=np.float32)
@@ -206,3 +206,59 @@ def test_predict_and_rollout_steps_run_small_batches_without_onednn(monkeypatch)
     seen.clear()
     DSRLNA("MlpPolicy", "Pendulum-v1", base_policy=policy, seed=0).predict(np.zeros(3, dtype=np.float32))
     assert seen == [False] and th.backends.mkldnn.enabled
+
+
+def test_linear_policy_with_empty_net_arch():
+    # SB3's net_arch=[]: no hidden layer, so the velocity is affine in x for fixed observation and time.
+    policy = make_policy(n_flow_steps=3, net_arch=[])
+    assert not any(isinstance(layer, th.nn.Linear) for layer in policy.velocity_net.trunk)
+    features = th.randn(4, 3)
+    t = th.full((4,), 0.3)
+    x, y = th.randn(4, 1), th.randn(4, 1)
+    with th.no_grad():
+        v = policy.velocity_net
+        assert th.allclose(v(features, x + y, t) - v(features, y, t), v(features, x, t) - v(features, th.zeros(4, 1), t))
+        actions, _ = policy.predict(np.zeros((5, 3), dtype=np.float32))
+    assert actions.shape == (5, 1)
+    with pytest.raises(ValueError, match="net_arch"):
+        make_policy(net_arch=[16, 0])
+
+
+def test_load_flow_policy_returns_a_copy_that_holds_only_the_flow():
+    from sb3_flow import FlowPPO
+
+    model = FlowPPO("MlpPolicy", "Pendulum-v1", n_flow_steps=4, seed=0, policy_kwargs={"net_arch": [8], "value_net_arch": [8]})
+    user_policy = model.policy
+    for source in (model, user_policy):
+        copy = load_flow_policy(source)
+        # A plain FlowPolicy: the value network stays behind, the flow acts the same.
+        assert type(copy) is FlowPolicy and not hasattr(copy, "value_net") and copy.n_flow_steps == 4
+        obs = np.zeros((2, 3), dtype=np.float32)
+        np.testing.assert_array_equal(copy.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+        # No shared tensor: freezing or changing the copy leaves the user's policy as it was.
+        before = {name: value.clone() for name, value in user_policy.state_dict().items()}
+        for parameter in copy.parameters():
+            parameter.requires_grad_(False)
+            with th.no_grad():
+                parameter.add_(1.0)
+        assert all(parameter.requires_grad for parameter in user_policy.parameters())
+        assert all(th.equal(before[name], value) for name, value in user_policy.state_dict().items())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped_bytes", "garbage"])
+def test_damaged_base_policy_file_is_a_value_error_naming_it(tmp_path, damage):
+    from sb3_flow import FlowBC
+    from tests.helpers import BimodalEnv, bimodal_demonstrations
+
+    FlowBC("MlpPolicy", BimodalEnv(), bimodal_demonstrations(100), policy_kwargs={"net_arch": [8]}).save(tmp_path / "bc.zip")
+    content = (tmp_path / "bc.zip").read_bytes()
+    damaged = tmp_path / f"{damage}.zip"
+    if damage == "truncated":
+        damaged.write_bytes(content[: len(content) // 2])
+    elif damage == "flipped_bytes":  # the zip's directory is intact, a member's compressed data is not
+        middle = len(content) // 3
+        damaged.write_bytes(content[:middle] + bytes(255 - b for b in content[middle : middle + 64]) + content[middle + 64 :])
+    else:
+        damaged.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match=damage):
+        load_flow_policy(damaged)

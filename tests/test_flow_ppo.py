@@ -9,8 +9,8 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_flow import FlowBC
 from sb3_flow.fpo import FlowPPO
-from sb3_flow.fpo.fpo import fpo_log_ratio, trust_region_surrogate
-from tests.helpers import DictObsEnv, bimodal_demonstrations
+from sb3_flow.fpo.fpo import clamp_log_ratio, fpo_log_ratio, trust_region_surrogate
+from tests.helpers import BimodalEnv, DictObsEnv, bimodal_demonstrations
 
 SMALL = {"net_arch": [32, 32], "value_net_arch": [32]}
 
@@ -36,7 +36,7 @@ def test_ratio_is_exactly_one_before_any_update(ratio_mode, weighting):
         cfm_loss_weighting=weighting, policy_kwargs=SMALL,
     )  # fmt: skip
     collect_one_rollout(model)
-    model.rollout_buffer.prepare_draws(model.policy, model.n_mc_samples, model.time_sampling, model.batch_size)
+    model.prepare_update()
     ratios = []
     for samples in model.rollout_buffer.get(model.batch_size):
         ratio, _log_ratio, _ = model.policy_ratio(samples)
@@ -173,6 +173,10 @@ def test_bad_input_errors():
         FlowPPO("MlpPolicy", "Pendulum-v1", cfm_loss_weighting="eps")
     with pytest.raises(ValueError, match="log_ratio_clamp"):
         FlowPPO("MlpPolicy", "Pendulum-v1", log_ratio_clamp=float("inf"))
+    with pytest.raises(ValueError, match="log_ratio_clamp_mode"):
+        FlowPPO("MlpPolicy", "Pendulum-v1", log_ratio_clamp_mode="soft")
+    with pytest.raises(ValueError, match="n_mc_samples"):
+        FlowPPO("MlpPolicy", "Pendulum-v1", n_mc_samples=2.0)
     with pytest.raises(ValueError, match="observation space"):
         FlowPPO("MlpPolicy", "Pendulum-v1", base_policy=FlowPPO("MultiInputPolicy", DictObsEnv(), policy_kwargs=SMALL).policy)
     with pytest.raises(FileNotFoundError):
@@ -200,3 +204,79 @@ def test_action_perturbation_is_added_to_rollout_actions_only():
     model.policy.action_perturbation_std = 0.5
     predicted, _ = model.predict(np.zeros((3, 3), dtype=np.float32), deterministic=True)
     np.testing.assert_allclose(predicted, np.clip(flow_actions[:3].numpy(), -1, 1) * 2.0, atol=1e-6)
+
+
+# --- FPO++'s log-ratio clamp -------------------------------------------------------------------------------------
+
+
+def surrogate_gradient(log_ratio: th.Tensor, mode: str, clamp: float = 10.0) -> th.Tensor:
+    """d(PPO loss)/d(log-ratio) for a negative advantage, through the clamp."""
+    log_ratio = log_ratio.clone().requires_grad_(True)
+    ratio = th.exp(clamp_log_ratio(log_ratio, clamp, mode))
+    loss = -trust_region_surrogate(ratio, th.full_like(ratio, -1.0), 0.05, "clip").sum()
+    loss.backward()
+    return log_ratio.grad
+
+
+def test_straight_through_clamp_bounds_from_above_and_keeps_the_gradient():
+    log_ratio = th.tensor([12.0, 3.0, -20.0])
+    assert th.equal(clamp_log_ratio(log_ratio, 10.0, "straight_through"), th.tensor([10.0, 3.0, -20.0]))
+    assert th.equal(clamp_log_ratio(log_ratio, 10.0, "hard"), th.tensor([10.0, 3.0, -10.0]))
+    assert th.equal(clamp_log_ratio(log_ratio, None, "hard"), log_ratio)
+    # A draw whose ratio grew past e^c under a negative advantage: the hard clamp gives it no gradient, FPO++'s
+    # straight-through clamp the gradient of the bounded ratio, which pushes it back.
+    assert surrogate_gradient(th.tensor([12.0]), "hard").item() == 0.0
+    assert surrogate_gradient(th.tensor([12.0]), "straight_through").item() == pytest.approx(np.exp(10.0), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["hard", "straight_through"])
+def test_flow_ppo_applies_the_chosen_log_ratio_clamp(mode):
+    model = FlowPPO(
+        "MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=32, seed=0, ratio_mode="per_sample", log_ratio_clamp=10.0,
+        log_ratio_clamp_mode=mode, cfm_loss_clamp=None, policy_kwargs=SMALL,
+    )  # fmt: skip
+    collect_one_rollout(model)
+    model.prepare_update()
+    samples = next(model.rollout_buffer.get(32))
+    # Old losses far above the new ones: every draw's log-ratio is past the bound.
+    samples = samples._replace(old_cfm_losses=samples.old_cfm_losses + 50.0)
+    features = model.policy.extract_features(samples.observations, model.policy.features_extractor)
+    log_ratio = model.policy_terms(samples, features).log_ratio
+    assert th.allclose(log_ratio, th.full_like(log_ratio, 10.0))
+    loss = -trust_region_surrogate(th.exp(log_ratio), th.full((32, 1), -1.0), 0.05, "clip").mean()
+    loss.backward()
+    gradient = sum(p.grad.abs().sum() for p in model.policy.velocity_net.parameters() if p.grad is not None)
+    assert (gradient > 0) == (mode == "straight_through")
+
+
+# --- base policies: only the flow is taken ----------------------------------------------------------------------
+
+
+def test_a_flow_ppo_base_brings_its_flow_and_the_critic_starts_fresh(tmp_path):
+    kwargs = {"n_steps": 32, "batch_size": 16, "n_epochs": 1, "n_flow_steps": 3}
+    source = FlowPPO("MlpPolicy", BimodalEnv(), seed=0, policy_kwargs=SMALL, **kwargs).learn(32)
+    source.save(tmp_path / "source.zip")
+    source_state = {name: value.clone() for name, value in source.policy.state_dict().items()}
+    for base in (source, source.policy, tmp_path / "source.zip"):
+        tuned = FlowPPO("MlpPolicy", BimodalEnv(), base_policy=base, seed=1, policy_kwargs=SMALL, **kwargs)
+        fresh = FlowPPO("MlpPolicy", BimodalEnv(), seed=1, policy_kwargs=SMALL, **kwargs)
+        assert tuned.policy.n_flow_steps == 3  # the saved model's policy is rebuilt as it was built, not with defaults
+        state = tuned.policy.state_dict()
+        for name, value in state.items():
+            expected = source_state[name] if name.startswith(("features_extractor.", "velocity_net.")) else None
+            if expected is None:  # the value network: freshly initialized, as without a base
+                assert th.equal(value, fresh.policy.state_dict()[name]) and not th.equal(value, source_state[name]), name
+            else:
+                assert th.equal(value, expected), name
+        tuned.learn(32)
+        # Training the fine-tuned model leaves the base's object as it was.
+        assert all(th.equal(source_state[name], value) for name, value in source.policy.state_dict().items())
+
+
+# --- numbers ----------------------------------------------------------------------------------------------------
+
+
+def test_numpy_integers_are_accepted_for_counts():
+    model = FlowPPO("MlpPolicy", "Pendulum-v1", n_mc_samples=np.int64(4), n_flow_steps=np.int64(3), policy_kwargs=SMALL)
+    assert model.n_mc_samples == 4 and model.policy.n_flow_steps == 3
+    assert type(model.n_mc_samples) is int and type(model.policy.n_flow_steps) is int

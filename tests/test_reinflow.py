@@ -90,7 +90,10 @@ def test_noise_std_bounds_fixed_noise_and_schedule():
     assert stds.shape == (4, 500, 1)
     assert stds.min() >= 0.05 - 1e-6 and stds.max() <= 0.3 + 1e-6
     assert stds.min() < 0.06 and stds.max() > 0.29
-    fixed = ReinFlow("MlpPolicy", "Pendulum-v1", noise="fixed", max_std=lambda progress: 0.1 + 0.2 * progress, seed=0)
+    fixed = ReinFlow(
+        "MlpPolicy", "Pendulum-v1", noise="fixed", max_std=lambda progress: 0.1 + 0.2 * progress, n_steps=64, batch_size=64,
+        seed=0,
+    )  # fmt: skip
     assert not hasattr(fixed.policy, "noise_net")
     fixed.policy.current_max_std = 0.25
     policy, features = fixed.policy, th.zeros(4000, 3)
@@ -145,6 +148,9 @@ def test_only_the_last_steps_are_fine_tuned():
     # The first three steps (t = 0, 1/4, 2/4) are the frozen base's: x_3 does not move; the last step does.
     assert th.equal(chain_after[3], chain_before[3])
     assert not th.equal(chain_after[4], chain_before[4])
+    # Two velocity networks are not one FlowPolicy: such a model is refused as a base, not silently flattened.
+    with pytest.raises(ValueError, match="n_finetune_steps"):
+        ReinFlow("MlpPolicy", BimodalEnv(), base_policy=model)
 
 
 def test_learns_identity_box_from_scratch():
@@ -201,3 +207,53 @@ def test_bad_input_errors():
         ReinFlow("MlpPolicy", "Pendulum-v1", batch_size=1)
     with pytest.raises(ValueError, match="space"):
         ReinFlow("MlpPolicy", "MountainCarContinuous-v0", base_policy=ReinFlow("MlpPolicy", "Pendulum-v1").policy)
+
+
+# --- the noise levels ---------------------------------------------------------------------------------------------
+
+
+def saturate_noise_net(policy) -> None:
+    with th.no_grad():
+        for layer in policy.noise_net:
+            if isinstance(layer, th.nn.Linear):
+                layer.weight.normal_(0, 30.0)
+
+
+def test_frozen_early_steps_inject_the_fixed_min_std():
+    model = ReinFlow(
+        "MlpPolicy", "Pendulum-v1", n_flow_steps=np.int64(4), n_finetune_steps=np.int64(1), min_std=0.05, max_std=0.3,
+        seed=0, policy_kwargs=SMALL,
+    )  # fmt: skip
+    assert model.policy.n_finetune_steps == 1 and type(model.policy.n_finetune_steps) is int
+    saturate_noise_net(model.policy)
+    with th.no_grad():
+        stds = model.policy.noise_stds(th.randn(200, 3) * 5)
+    # The three frozen steps (the base's velocity network) use min_std whatever the noise network says; the trained
+    # last step uses the learned std.
+    assert th.equal(stds[:3], th.full_like(stds[:3], 0.05))
+    assert stds[3].max() > 0.29
+    fixed = ReinFlow("MlpPolicy", "Pendulum-v1", noise="fixed", n_finetune_steps=2, max_std=0.3, seed=0, policy_kwargs=SMALL)
+    with th.no_grad():
+        fixed_stds = fixed.policy.noise_stds(th.zeros(1, 3))
+    assert fixed_stds.flatten().tolist() == pytest.approx([0.1, 0.1, 0.3, 0.3])
+
+
+def test_fixed_noise_std_is_floored_at_min_std():
+    model = ReinFlow("MlpPolicy", "Pendulum-v1", noise="fixed", min_std=0.05, max_std=0.3, seed=0, policy_kwargs=SMALL)
+    model.policy.current_max_std = 0.0  # an annealing schedule at its end
+    features = model.policy.extract_features(th.randn(8, 3), model.policy.features_extractor)
+    with th.no_grad():
+        stds = model.policy.noise_stds(features)
+        flow = model.policy.sample_chain(features)
+        log_probs, entropy = model.policy.evaluate_chains(features, flow.chain)
+    assert th.equal(stds, th.full_like(stds, 0.05))
+    assert th.isfinite(log_probs).all() and th.isfinite(entropy).all()
+
+
+def test_a_max_std_schedule_going_negative_stops_training_with_a_clear_error():
+    model = ReinFlow(
+        "MlpPolicy", "Pendulum-v1", noise="fixed", max_std=lambda progress: 0.6 * progress - 0.4, n_steps=32,
+        batch_size=16, n_epochs=1, seed=0, policy_kwargs=SMALL,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"max_std .*schedule.* got -0\.1"):
+        model.learn(64)  # the second rollout starts at progress 0.5

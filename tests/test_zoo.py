@@ -1,5 +1,6 @@
-"""RL-Zoo entry point: registration, train, enjoy, and tune with two workers sharing one journal storage."""
+"""RL-Zoo entry point: registration, train, enjoy, the plots and videos, and tune with two workers sharing one journal."""
 
+import configparser
 import os
 import subprocess
 import sys
@@ -10,9 +11,11 @@ import pytest
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("rl_zoo3")
 
+from sb3_flow import registry  # noqa: E402
+from sb3_flow.cli import main as sb3_flow_main  # noqa: E402
 from sb3_flow.fpo import FlowPPO  # noqa: E402
 from sb3_flow.reinflow import ReinFlow  # noqa: E402
-from sb3_flow.zoo import config_dir, default_config_args, main, register  # noqa: E402
+from sb3_flow.zoo import COMMANDS, ZOO_ALGORITHMS, config_dir, main, register, with_config_file, zoo_algorithms  # noqa: E402
 from sb3_flow.zoo.samplers import sample_flow_ppo_params, sample_reinflow_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,20 +23,72 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--hyperparams", "n_envs:2", "n_steps:64", "batch_size:64", "n_epochs:2"]
 
 
-def test_register_adds_algorithms_and_samplers():
+def test_register_adds_the_registry_algorithms_and_samplers():
     from rl_zoo3 import ALGOS
     from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 
+    # One list: the Zoo offers the registry's algorithms that train from an env id (not the BC trainers: they need demos).
+    assert ZOO_ALGORITHMS is registry.ZOO_ALGORITHMS and set(ZOO_ALGORITHMS) == {"flow_ppo", "reinflow", "dsrl_na"}
+    assert set(ZOO_ALGORITHMS) <= set(registry.SB3_FLOW_ALGORITHMS)
+    assert zoo_algorithms() == {name: registry.SB3_FLOW_ALGORITHMS[name] for name in ZOO_ALGORITHMS}
     register()
     assert ALGOS["flow_ppo"] is FlowPPO and ALGOS["reinflow"] is ReinFlow
-    for name in ("flow_ppo", "reinflow", "dsrl_na"):
+    for name in ZOO_ALGORITHMS:
+        assert ALGOS[name] is registry.all_algorithms()[name]
         assert name in HYPERPARAMS_SAMPLER and name in HYPERPARAMS_CONVERTER
-    assert default_config_args(["--algo", "flow_ppo", "--env", "Pendulum-v1"]) == [
-        "--conf-file",
-        str(config_dir() / "flow_ppo.yml"),
-    ]
-    assert default_config_args(["--algo", "flow_ppo", "--conf-file", "mine.yml"]) == []
-    assert default_config_args(["--algo", "ppo"]) == []
+
+
+def test_config_files_by_short_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not a clone's root: zoo_configs/ is not here
+    packaged = str(config_dir() / "sac_dsrl.yml")
+    assert with_config_file(["--algo", "flow_ppo", "--env", "Pendulum-v1"]) == [
+        "--algo", "flow_ppo", "--env", "Pendulum-v1", "--conf-file", str(config_dir() / "flow_ppo.yml"),
+    ]  # fmt: skip
+    assert with_config_file(["--algo", "sac", "--conf-file", "sac_dsrl"]) == ["--algo", "sac", "--conf-file", packaged]
+    assert with_config_file(["--conf-file=sac_dsrl.yml"]) == [f"--conf-file={packaged}"]
+    assert with_config_file(["-conf", "zoo_configs/sac_dsrl.yml"]) == ["-conf", packaged]  # the docs' clone path
+    assert with_config_file(["--algo", "ppo"]) == ["--algo", "ppo"]  # the Zoo's own algorithms keep the Zoo's configs
+    (tmp_path / "sac_dsrl.yml").write_text("Pendulum-v1: {}\n")  # the user's own file wins over a packaged name
+    assert with_config_file(["--conf-file", "sac_dsrl.yml"]) == ["--conf-file", str(tmp_path / "sac_dsrl.yml")]
+    assert with_config_file(["--conf-file", "my_package.hyperparams"]) == ["--conf-file", "my_package.hyperparams"]
+    with pytest.raises(FileNotFoundError, match=r"no packaged config of that name.*sac_dsrl"):
+        with_config_file(["--conf-file", "missing.yml"])
+
+
+def test_the_packaged_configs_are_package_data():
+    # An installed copy finds its configs next to the code: every YAML there is matched by setup.cfg's package_data.
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    patterns = parser["options.package_data"]["sb3_flow.zoo"].split()
+    package = Path(sys.modules["sb3_flow.zoo"].__file__).parent
+    assert config_dir().parent == package
+    shipped = {path for pattern in patterns for path in package.glob(pattern)}
+    assert {"flow_ppo.yml", "reinflow.yml", "dsrl_na.yml", "sac_dsrl.yml"} <= {path.name for path in shipped}
+    assert shipped == set(config_dir().glob("*.yml"))
+
+
+def test_zoo_help_lists_its_commands(capsys):
+    assert main(["--help"]) == 0
+    printed = capsys.readouterr().out
+    for command in ("train", "tune", "enjoy", "record_video", "plot_train", "all_plots", "plot_from_file"):
+        assert f"  {command} " in printed and command in COMMANDS
+    assert "--max-total-trials" in printed and "sac_dsrl" in printed
+    assert main([]) == 2 and main(["push_to_hub"]) == 2
+    assert "unknown command 'push_to_hub'" in capsys.readouterr().err
+
+
+def test_a_missing_base_policy_fails_before_any_env_naming_the_config_and_folder(tmp_path, monkeypatch, capsys):
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    def no_env(*args, **kwargs):
+        raise AssertionError("an environment was built before the base policy was checked")
+
+    monkeypatch.setattr(ExperimentManager, "create_envs", no_env)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--algo", "reinflow", "--env", "Pendulum-v1", "-n", "64", "-f", "logs"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(config_dir() / "reinflow.yml") in err and f"'flow_bc.zip' not found in {tmp_path}" in err
+    assert not (tmp_path / "logs").exists()
 
 
 def test_sampled_hyperparameters_build_a_model():
@@ -100,21 +155,35 @@ def test_reinflow_fine_tunes_the_yaml_base_policy_then_enjoy(tmp_path, monkeypat
     main(["enjoy", "--algo", "reinflow", "--env", "Pendulum-v1", "-f", "logs", "--no-render", "-n", "20"])
 
 
-def test_train_then_enjoy(tmp_path, monkeypatch):
+def test_train_then_enjoy_record_video_and_plot_train(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
     monkeypatch.chdir(tmp_path)
-    main(["train", "--algo", "flow_ppo", "--env", "Pendulum-v1", "-n", "256", "--seed", "0", "-f", "logs", *SMALL])
-    saved = tmp_path / "logs" / "flow_ppo" / "Pendulum-v1_1" / "Pendulum-v1.zip"
-    assert saved.is_file()
-    model = FlowPPO.load(saved)
+    # One environment of 256 steps: one finished Pendulum episode for the training-curve plot.
+    small = [*SMALL[:1], "n_envs:1", *SMALL[2:]]
+    assert main(["train", "--algo", "flow_ppo", "--env", "Pendulum-v1", "-n", "256", "--seed", "0", "-f", "logs", *small]) == 0
+    run = tmp_path / "logs" / "flow_ppo" / "Pendulum-v1_1"
+    model = FlowPPO.load(run / "Pendulum-v1.zip")
     assert model.num_timesteps == 256 and model.clip_range(1.0) == 0.05  # the YAML's clip range
-    main(["enjoy", "--algo", "flow_ppo", "--env", "Pendulum-v1", "-f", "logs", "--no-render", "-n", "20"])
+    assert main(["enjoy", "--algo", "flow_ppo", "--env", "Pendulum-v1", "-f", "logs", "--no-render", "-n", "20"]) == 0
+    assert main(["record_video", "--algo", "flow_ppo", "--env", "Pendulum-v1", "-f", "logs", "-n", "5"]) == 0
+    (video,) = (run / "videos").glob("*.mp4")
+    assert video.stat().st_size > 0
+    plt.close("all")
+    assert main(["plot_train", "-a", "flow_ppo", "-e", "Pendulum-v1", "-f", "logs", "-w", "1"]) == 0
+    (line,) = plt.gcf().axes[0].get_lines()
+    assert line.get_label() == "Pendulum-v1_1" and len(line.get_xdata()) == 1  # the run's one training episode
+    plt.close("all")
 
 
 def test_tune_with_two_workers_sharing_a_journal(tmp_path):
     storage = tmp_path / "study.log"
     command = [
         sys.executable, "-m", "sb3_flow.zoo", "tune", "--algo", "flow_ppo", "--env", "Pendulum-v1", "-n", "512",
-        "--n-trials", "2", "--storage", str(storage), "--study-name", "flow_ppo_test", "--sampler", "random",
+        "--n-trials", "1", "--storage", str(storage), "--study-name", "flow_ppo_test", "--sampler", "random",
         "--pruner", "none", "--n-evaluations", "1", "--eval-episodes", "1", "-f", str(tmp_path / "logs"),
         "--hyperparams", "n_envs:1",
     ]  # fmt: skip
@@ -123,9 +192,11 @@ def test_tune_with_two_workers_sharing_a_journal(tmp_path):
         subprocess.Popen(
             [*command, "--seed", str(seed)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        for seed in (1, 2)
+        # The random sampler's first draw for these seeds is a small trial (n_steps <= 512, 64-unit layers): a few
+        # tens of seconds each instead of minutes for the largest draws.
+        for seed in (16, 13)
     ]
-    outputs = [worker.communicate(timeout=400)[0].decode() for worker in workers]
+    outputs = [worker.communicate(timeout=500)[0].decode() for worker in workers]
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-3000:]
     study = optuna.load_study(
@@ -133,33 +204,72 @@ def test_tune_with_two_workers_sharing_a_journal(tmp_path):
         storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage))),
     )
     complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) >= 4, [(trial.number, trial.state) for trial in study.trials]
+    # --n-trials counts per worker (the docs say so): two workers with --n-trials 1 run two trials, not one.
+    assert len(complete) == len(study.trials) == 2, [(trial.number, trial.state) for trial in study.trials]
 
 
-@pytest.mark.parametrize("config", ["sac_dsrl.yml", "sac_residual.yml"])
-def test_wrappers_from_a_yaml_env_wrapper_entry(tmp_path, monkeypatch, config):
+def _evaluate_by_hand(model, wrapper, episodes: int = 2) -> str:
+    """Evaluation inside the wrapper the run was trained with, built without the Zoo (as `sb3-flow evaluate` prints it)."""
+    import gymnasium as gym
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    env = DummyVecEnv([lambda: wrapper(Monitor(gym.make("Pendulum-v1")))])
+    env.seed(0)
+    mean, std = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True)
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+@pytest.mark.parametrize("config", ["sac_dsrl", "sac_residual"])
+def test_wrapper_runs_replay_from_any_folder_and_evaluate_inside_their_wrapper(tmp_path, monkeypatch, capsys, config):
+    from stable_baselines3 import SAC
+
     from sb3_flow import FlowBC
     from sb3_flow.common.demonstrations import collect_demonstrations
     from sb3_flow.common.experts import pendulum_swing_up
+    from sb3_flow.wrappers import NoiseActionWrapper, ResidualActionWrapper
 
-    monkeypatch.chdir(tmp_path)
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(work)
     demos = collect_demonstrations("Pendulum-v1", pendulum_swing_up, 1, seed=0)
     FlowBC("MlpPolicy", "Pendulum-v1", demos, policy_kwargs={"net_arch": [8]}).learn(5).save("flow_bc.zip")
-    main(
-        [
-            "train", "--algo", "sac", "--env", "Pendulum-v1", "--conf-file", str(config_dir() / config), "-n", "120",
-            "--seed", "0", "-f", "logs", "--hyperparams", "learning_starts:500",
-        ]
-    )  # fmt: skip
-    from stable_baselines3 import SAC
-
-    model = SAC.load(tmp_path / "logs" / "sac" / "Pendulum-v1_1" / "Pendulum-v1.zip")
+    train = ["train", "--algo", "sac", "--env", "Pendulum-v1", "--conf-file", config, "-n", "120", "--seed", "0"]
+    assert main([*train, "-f", "logs", "--hyperparams", "learning_starts:500"]) == 0
+    run = work / "logs" / "sac" / "Pendulum-v1_1"
+    model = SAC.load(run / "Pendulum-v1.zip")
     # The YAML's ZeroInitActorCallback zeroed the mean head (no gradient step before learning_starts).
     assert not model.actor.mu.weight.any() and not model.actor.mu.bias.any()
     # The agent acted in the wrapper's [-1, 1] space, not Pendulum's [-2, 2] torque box.
     assert float(model.action_space.high[0]) == 1.0
-    expected_obs_dim = 4 if config == "sac_residual.yml" else 3
-    assert model.observation_space.shape == (expected_obs_dim,)
+    assert model.observation_space.shape == ((4,) if config == "sac_residual" else (3,))
+    # The run's config.yml records the base policy's absolute path: enjoy works from another folder.
+    assert f"base_policy: {work / 'flow_bc.zip'}" in (run / "Pendulum-v1" / "config.yml").read_text()
+    monkeypatch.chdir(elsewhere)
+    enjoy = ["enjoy", "--algo", "sac", "--env", "Pendulum-v1", "-f", str(work / "logs"), "--no-render", "-n", "20"]
+    assert main(enjoy) == 0
+
+    # sb3-flow evaluate reads the run's config.yml and scores the policy inside its wrapper, as enjoy does.
+    base = str(work / "flow_bc.zip")
+    if config == "sac_dsrl":
+        expected = _evaluate_by_hand(model, lambda env: NoiseActionWrapper(env, base, noise_bound=1.5))
+    else:
+        expected = _evaluate_by_hand(
+            model, lambda env: ResidualActionWrapper(env, base, residual_scale=0.1, append_base_action=True)
+        )
+    wrapper_name = "NoiseActionWrapper" if config == "sac_dsrl" else "ResidualActionWrapper"
+    assert sb3_flow_main(["evaluate", str(run / "Pendulum-v1.zip"), "--episodes", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{wrapper_name}, 2 episodes: {expected}" in printed
+    # A copy outside its run folder is refused on the raw env (no silent scoring of noise actions), and evaluated
+    # inside the wrapper with --config.
+    copy = elsewhere / "copy.zip"
+    copy.write_bytes((run / "Pendulum-v1.zip").read_bytes())
+    assert sb3_flow_main(["evaluate", str(copy), "--episodes", "2"]) == 2
+    assert "does not match" in capsys.readouterr().err
+    assert sb3_flow_main(["evaluate", str(copy), "--episodes", "2", "--config", str(run / "Pendulum-v1" / "config.yml")]) == 0
+    assert f"{wrapper_name}, 2 episodes: {expected}" in capsys.readouterr().out
 
 
 def test_dsrl_na_train_then_enjoy_reattaches_the_base_from_its_path(tmp_path, monkeypatch):

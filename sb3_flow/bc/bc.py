@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import zipfile
 from abc import abstractmethod
 from typing import Any, ClassVar, TypeVar
 
@@ -13,22 +13,23 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import update_learning_rate
+from stable_baselines3.common.vec_env import VecTransposeImage, is_vecenv_wrapped, unwrap_vec_wrapper
 from tqdm.auto import tqdm
 
 from sb3_flow.common.demonstrations import Demonstrations
-from sb3_flow.common.files import AtomicSaveMixin
-from sb3_flow.common.flow import TIME_SAMPLING_MODES, check_n_flow_steps, sample_times
-from sb3_flow.common.utils import check_box_action_space
+from sb3_flow.common.files import ModelFileMixin
+from sb3_flow.common.flow import PI0_BETA_PARAMS, TIME_SAMPLING_MODES, check_n_flow_steps, sample_times
+from sb3_flow.common.observations import copy_rows, index_rows, to_tensor
+from sb3_flow.common.utils import check_box_action_space, check_finite_learning_rate, check_positive_int
 from sb3_flow.policies.flow_policy import CnnFlowPolicy, FlowPolicy, MultiInputFlowPolicy
 from sb3_flow.policies.gaussian import CnnGaussianPolicy, GaussianPolicy, MultiInputGaussianPolicy
 
 SelfBaseBC = TypeVar("SelfBaseBC", bound="BaseBC")
 
 
-class BaseBC(AtomicSaveMixin, BaseAlgorithm):
+class BaseBC(ModelFileMixin, BaseAlgorithm):
     """
     Offline behaviour cloning as an SB3 algorithm: ``learn(total_timesteps)`` runs that many *gradient steps* on
     minibatches of the demonstrations; the environment supplies the spaces and (optionally) periodic evaluation.
@@ -90,9 +91,7 @@ class BaseBC(AtomicSaveMixin, BaseAlgorithm):
         )
         if env is not None:
             check_box_action_space(self.action_space, type(self).__name__)
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        self.batch_size = batch_size
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.max_grad_norm = max_grad_norm
         self.eval_freq = eval_freq
         self.n_eval_episodes = n_eval_episodes
@@ -118,28 +117,45 @@ class BaseBC(AtomicSaveMixin, BaseAlgorithm):
 
     def set_demonstrations(self, demonstrations: Demonstrations | str | os.PathLike) -> None:
         """
-        Use these demonstrations for the next ``learn``.
+        Use these demonstrations for the next ``learn``. Image observations recorded channel-last from the raw
+        environment are transposed as SB3 transposes the environment's (``VecTransposeImage``); the caller's object is
+        not modified.
 
         :param demonstrations: a :class:`Demonstrations` or the path of a saved ``.npz``
-        :raises ValueError: when they do not fit the environment's spaces
+        :raises ValueError: when they are empty, hold NaN or inf, or do not fit the environment's spaces
         """
         if not isinstance(demonstrations, Demonstrations):
             demonstrations = Demonstrations.load(demonstrations)
         if len(demonstrations) == 0:
             raise ValueError("The demonstrations are empty")
+        demonstrations = self._in_policy_image_layout(demonstrations)
         demonstrations.check_spaces(self.observation_space, self.action_space)
+        demonstrations.check_finite(("observations", "actions"))
         self.demonstrations = demonstrations
         self._demo_tensors = None
+
+    def _in_policy_image_layout(self, demonstrations: Demonstrations) -> Demonstrations:
+        """Demonstrations whose channel-last images are transposed like the environment's, when SB3 transposed it."""
+        env = self.env
+        if env is None or not is_vecenv_wrapped(env, VecTransposeImage):
+            return demonstrations
+        transposer = env if isinstance(env, VecTransposeImage) else unwrap_vec_wrapper(env, VecTransposeImage)
+        assert isinstance(transposer, VecTransposeImage)
+        try:
+            demonstrations.check_spaces(transposer.venv.observation_space, self.action_space)
+        except ValueError:  # not in the raw env's layout: checked against the policy's spaces next
+            return demonstrations
+        return dataclasses.replace(
+            demonstrations,
+            observations=transposer.transpose_observations(copy_rows(demonstrations.observations)),
+            next_observations=transposer.transpose_observations(copy_rows(demonstrations.next_observations)),
+        )
 
     def _demonstration_tensors(self) -> dict[str, Any]:
         # Moved to the device once; actions normalized to [-1, 1] like the policy's outputs.
         if self._demo_tensors is None:
             assert self.demonstrations is not None
-            observations = self.demonstrations.observations
-            if isinstance(observations, dict):
-                obs_tensor: Any = {key: th.as_tensor(value, device=self.device) for key, value in observations.items()}
-            else:
-                obs_tensor = th.as_tensor(observations, device=self.device)
+            obs_tensor = to_tensor(self.demonstrations.observations, self.device)
             assert isinstance(self.action_space, spaces.Box)
             actions = self.policy.scale_action(self.demonstrations.actions.reshape(len(self.demonstrations), -1))
             self._demo_tensors = {
@@ -152,11 +168,7 @@ class BaseBC(AtomicSaveMixin, BaseAlgorithm):
     def _sample_batch(self) -> tuple[Any, th.Tensor]:
         tensors = self._demonstration_tensors()
         index = th.randint(0, len(tensors["actions"]), (self.batch_size,), device=self.device)
-        observations = tensors["observations"]
-        if isinstance(observations, dict):
-            batch_obs: Any = {key: value[index] for key, value in observations.items()}
-        else:
-            batch_obs = observations[index]
+        batch_obs = index_rows(tensors["observations"], index)
         return batch_obs, tensors["actions"][index]
 
     @abstractmethod
@@ -166,7 +178,9 @@ class BaseBC(AtomicSaveMixin, BaseAlgorithm):
     def train_step(self) -> float:
         """One gradient step on one minibatch; returns the loss."""
         self.policy.set_training_mode(True)
-        update_learning_rate(self.policy.optimizer, self.lr_schedule(self._current_progress_remaining))
+        learning_rate = self.lr_schedule(self._current_progress_remaining)
+        check_finite_learning_rate(learning_rate, type(self).__name__, self._current_progress_remaining)
+        update_learning_rate(self.policy.optimizer, learning_rate)
         observations, actions = self._sample_batch()
         loss = self.compute_loss(observations, actions)
         if not th.isfinite(loss):
@@ -250,28 +264,9 @@ class BaseBC(AtomicSaveMixin, BaseAlgorithm):
         self.logger.record("eval/std_reward", std_reward)
         self.logger.dump(step=self.num_timesteps)
 
-    @classmethod
-    def load(cls, path: str | os.PathLike, env: GymEnv | None = None, device: th.device | str = "auto", **kwargs):  # type: ignore[override]
-        """
-        Load a model saved with ``save``; demonstrations are not saved with it (see :meth:`set_demonstrations`).
-
-        :raises FileNotFoundError: when the file does not exist
-        :raises ValueError: when the file is not a model zip of this algorithm
-        """
-        candidates = [str(path), f"{path}.zip"]
-        if not any(os.path.isfile(candidate) for candidate in candidates):
-            raise FileNotFoundError(f"No saved {cls.__name__} model at {path!s}")
-        try:
-            data, _, _ = load_from_zip_file(path, device="cpu", print_system_info=False)
-        except (ValueError, KeyError, EOFError, zipfile.BadZipFile, RuntimeError) as error:
-            raise ValueError(f"{path!s} is not an SB3 model zip: {error}") from error
-        policy_class = None if data is None else data.get("policy_class")
-        if not (isinstance(policy_class, type) and issubclass(policy_class, cls.policy_base)):
-            raise ValueError(
-                f"{path!s} holds a model with policy {getattr(policy_class, '__name__', policy_class)}, "
-                f"not a {cls.policy_base.__name__}: it was not saved by {cls.__name__}"
-            )
-        return super().load(path, env=env, device=device, **kwargs)
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        # The optimizer's state (Adam's moments) is saved too, so that training resumes where it stopped.
+        return ["policy", "policy.optimizer"], []
 
 
 class FlowBC(BaseBC):
@@ -283,7 +278,7 @@ class FlowBC(BaseBC):
     :param n_flow_steps: integration steps of the policy (K); overrides ``policy_kwargs["n_flow_steps"]``
     :param n_noise_draws: (t, noise) draws per demonstrated action in each minibatch
     :param time_sampling: training-time distribution: "uniform", "beta" or "grid" (the policy's K-point grid)
-    :param beta_params: (a, b) for ``time_sampling="beta"``
+    :param beta_params: (a, b) for ``time_sampling="beta"`` (default: pi0's, in this library's time convention)
 
     The other parameters are those of :class:`BaseBC`.
     """
@@ -307,15 +302,14 @@ class FlowBC(BaseBC):
         n_flow_steps: int | None = None,
         n_noise_draws: int = 1,
         time_sampling: str = "uniform",
-        beta_params: tuple[float, float] = (1.5, 1.0),
+        beta_params: tuple[float, float] = PI0_BETA_PARAMS,
         policy_kwargs: dict[str, Any] | None = None,
         _init_setup_model: bool = True,
         **kwargs: Any,
     ):
         if time_sampling not in TIME_SAMPLING_MODES:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLING_MODES}, got {time_sampling!r}")
-        if n_noise_draws <= 0:
-            raise ValueError(f"n_noise_draws must be a positive integer, got {n_noise_draws}")
+        n_noise_draws = check_positive_int(n_noise_draws, "n_noise_draws")
         policy_kwargs = dict(policy_kwargs or {})
         if n_flow_steps is not None:
             policy_kwargs["n_flow_steps"] = check_n_flow_steps(n_flow_steps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -14,28 +15,15 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv
 from tqdm.auto import tqdm
 
-from sb3_flow.common.utils import check_box_action_space
+from sb3_flow.common.files import atomic_target, existing_file, with_suffix_if_missing
+from sb3_flow.common.observations import concatenate_rows, copy_rows, index_rows, n_rows, non_finite_rows, stack_rows
+from sb3_flow.common.utils import check_box_action_space, check_finite_number, check_positive_int
 
 Observations = np.ndarray | dict[str, np.ndarray]
 Expert = Any  # an SB3 model (anything with ``predict(obs, deterministic=...)``) or a callable obs -> action
 
 _ARRAY_FIELDS = ("actions", "rewards", "terminations", "truncations", "episode_starts")
 _OBS_FIELDS = ("observations", "next_observations")
-
-
-def _n_rows(observations: Observations) -> int:
-    if isinstance(observations, dict):
-        lengths = {len(value) for value in observations.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"Dict observations have entries of different lengths: {sorted(lengths)}")
-        return lengths.pop()
-    return len(observations)
-
-
-def _index(observations: Observations, index: Any) -> Observations:
-    if isinstance(observations, dict):
-        return {key: value[index] for key, value in observations.items()}
-    return observations[index]
 
 
 @dataclass
@@ -63,12 +51,15 @@ class Demonstrations:
     episode_starts: np.ndarray
 
     def __post_init__(self) -> None:
+        missing = [field.name for field in fields(self) if getattr(self, field.name) is None]
+        if missing:
+            raise ValueError(f"Demonstrations need every field; {missing} missing (None)")
         self.actions = np.asarray(self.actions, dtype=np.float32)
         self.rewards = np.asarray(self.rewards, dtype=np.float32).reshape(-1)
         for name in ("terminations", "truncations", "episode_starts"):
             setattr(self, name, np.asarray(getattr(self, name), dtype=bool).reshape(-1))
         lengths = {name: len(getattr(self, name)) for name in _ARRAY_FIELDS}
-        lengths.update({name: _n_rows(getattr(self, name)) for name in _OBS_FIELDS})
+        lengths.update({name: n_rows(getattr(self, name)) for name in _OBS_FIELDS})
         if len(set(lengths.values())) != 1:
             raise ValueError(f"Every field of Demonstrations must have the same number of rows, got {lengths}")
         if len(self) > 0 and not self.episode_starts[0]:
@@ -139,8 +130,14 @@ class Demonstrations:
                     "clip or rescale them, or use an action space that contains them"
                 )
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write to an ``.npz`` file (Dict observations are stored as ``observations.<key>``)."""
+    def save(self, path: str | os.PathLike) -> str:
+        """
+        Write to an ``.npz`` file (Dict observations are stored as ``observations.<key>``). As numpy does, ``.npz`` is
+        appended to a path without a suffix; an existing file is replaced only once the new one is complete.
+
+        :param path: the file
+        :return: the path written
+        """
         arrays: dict[str, np.ndarray] = {name: getattr(self, name) for name in _ARRAY_FIELDS}
         for name in _OBS_FIELDS:
             value = getattr(self, name)
@@ -148,7 +145,23 @@ class Demonstrations:
                 arrays.update({f"{name}.{key}": array for key, array in value.items()})
             else:
                 arrays[name] = value
-        np.savez_compressed(path, **arrays)
+        target = with_suffix_if_missing(path, ".npz")
+        with atomic_target(target) as temporary, open(temporary, "wb") as file:
+            np.savez_compressed(file, **arrays)
+        return target
+
+    def check_finite(self, fields: tuple[str, ...] = ("observations", "actions", "rewards", "next_observations")) -> None:
+        """
+        :param fields: the fields to check
+        :raises ValueError: naming the field and the first row, when one holds NaN or inf
+        """
+        for name in fields:
+            bad = non_finite_rows(getattr(self, name))
+            if len(bad):
+                raise ValueError(
+                    f"Demonstration {name} hold NaN or inf in {len(bad)} of {len(self)} rows (first at row {bad[0]}); "
+                    "drop or repair those transitions before training on them"
+                )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Demonstrations:
@@ -158,12 +171,11 @@ class Demonstrations:
         :raises FileNotFoundError: when there is no such file
         :raises ValueError: when the file is not a demonstrations ``.npz``
         """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No demonstrations file at {path!s} (expected an .npz written by Demonstrations.save)")
+        path = existing_file(path, ".npz", what="demonstrations file (an .npz written by Demonstrations.save)")
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
             raise ValueError(f"{path!s} is not a readable demonstrations .npz file: {error}") from error
         values: dict[str, Any] = {}
         for name in _OBS_FIELDS:
@@ -183,10 +195,7 @@ class Demonstrations:
             raise ValueError("concatenate needs at least one Demonstrations")
 
         def join(name: str) -> Any:
-            first = getattr(parts[0], name)
-            if isinstance(first, dict):
-                return {key: np.concatenate([getattr(part, name)[key] for part in parts]) for key in first}
-            return np.concatenate([getattr(part, name) for part in parts])
+            return concatenate_rows([getattr(part, name) for part in parts])
 
         return cls(**{field.name: join(field.name) for field in fields(cls)})
 
@@ -198,18 +207,6 @@ def _expert_action_fn(expert: Expert, deterministic: bool) -> Callable[[Any], np
     if callable(expert):
         return expert
     raise TypeError(f"expert must be an SB3 model (with .predict) or a callable obs -> action, got {type(expert).__name__}")
-
-
-def _copy(observation: Any) -> Any:
-    if isinstance(observation, dict):
-        return {key: np.array(value, copy=True) for key, value in observation.items()}
-    return np.array(observation, copy=True)
-
-
-def _stack(observations: list[Any]) -> Observations:
-    if isinstance(observations[0], dict):
-        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
-    return np.stack(observations)
 
 
 def collect_demonstrations(
@@ -240,10 +237,8 @@ def collect_demonstrations(
     if isinstance(env, str):
         env = gym.make(env)
     action_space = check_box_action_space(env.action_space, "collect_demonstrations")
-    if n_episodes <= 0:
-        raise ValueError(f"n_episodes must be a positive integer, got {n_episodes}")
-    if not np.isfinite(action_noise) or action_noise < 0:
-        raise ValueError(f"action_noise must be a finite number >= 0, got {action_noise}")
+    n_episodes = check_positive_int(n_episodes, "n_episodes")
+    action_noise = check_finite_number(action_noise, "action_noise", minimum=0.0)
     act = _expert_action_fn(expert, deterministic)
     rng = np.random.default_rng(seed)
     half_width = (action_space.high - action_space.low) / 2.0
@@ -255,14 +250,19 @@ def collect_demonstrations(
         first = True
         while not done:
             action = np.asarray(act(obs), dtype=np.float32).reshape(action_space.shape)
+            if not np.all(np.isfinite(action)):
+                raise ValueError(
+                    f"The expert returned a non-finite action {action} at step {len(rows['actions'])} (episode {episode}); "
+                    "nothing was recorded for it"
+                )
             if action_noise > 0:
                 action = action + rng.normal(0.0, action_noise, size=action.shape) * half_width
             action = np.clip(action, action_space.low, action_space.high).astype(np.float32)
             next_obs, reward, terminated, truncated, _ = env.step(action)
-            rows["observations"].append(_copy(obs))
+            rows["observations"].append(copy_rows(obs))
             rows["actions"].append(action)
             rows["rewards"].append(float(reward))
-            rows["next_observations"].append(_copy(next_obs))
+            rows["next_observations"].append(copy_rows(next_obs))
             rows["terminations"].append(bool(terminated))
             rows["truncations"].append(bool(truncated))
             rows["episode_starts"].append(first)
@@ -270,8 +270,8 @@ def collect_demonstrations(
             done = terminated or truncated
             obs = next_obs
     return Demonstrations(
-        observations=_stack(rows.pop("observations")),
-        next_observations=_stack(rows.pop("next_observations")),
+        observations=stack_rows(rows.pop("observations")),
+        next_observations=stack_rows(rows.pop("next_observations")),
         **{name: np.asarray(values) for name, values in rows.items()},
     )
 
@@ -300,10 +300,10 @@ def from_minari(dataset: Any, n_episodes: int | None = None) -> Demonstrations:
         starts[0] = True
         parts.append(
             Demonstrations(
-                observations=_index(episode.observations, slice(0, length)),
+                observations=index_rows(episode.observations, slice(0, length)),
                 actions=episode.actions,
                 rewards=episode.rewards,
-                next_observations=_index(episode.observations, slice(1, length + 1)),
+                next_observations=index_rows(episode.observations, slice(1, length + 1)),
                 terminations=episode.terminations,
                 truncations=episode.truncations,
                 episode_starts=starts,

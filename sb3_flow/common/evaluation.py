@@ -1,13 +1,20 @@
-"""Paired evaluation: the same fixed initial states for every method."""
+"""
+Evaluation for the demo and the benchmarks: paired (the same fixed initial states for every method) and on fresh
+seeded episodes, for SB3 models and policies and for plain ``obs -> action`` callables.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from sb3_flow.common.utils import check_positive_int
 
 
 def returns_on_starts(
@@ -32,6 +39,7 @@ def returns_on_starts(
     :param wrap: optional callable VecEnv -> VecEnv (e.g. a steering wrapper the agent was trained in)
     :return: the episode returns, shape (n_starts,)
     """
+    n_starts = check_positive_int(n_starts, "n_starts")
     env: VecEnv = make_vec_env(env_id, n_envs=n_starts, seed=first_seed)
     if wrap is not None:
         env = wrap(env)
@@ -41,3 +49,35 @@ def returns_on_starts(
     returns, _ = evaluate_policy(model, env, n_eval_episodes=n_starts, deterministic=True, return_episode_rewards=True)
     env.close()
     return np.asarray(returns, dtype=np.float64)
+
+
+def evaluate_episodes(policy: Any, env_id: str, n_episodes: int, seed: int) -> tuple[float, float]:
+    """
+    Mean and standard deviation of ``n_episodes`` deterministic episode returns on one environment seeded with
+    ``seed``: SB3's ``evaluate_policy`` for anything with ``predict`` (model or policy); for a plain callable
+    ``obs -> action`` (a scripted expert), episode ``i`` starts from ``env.reset(seed=seed + i)``.
+
+    :param policy: an SB3 model or policy, or a callable ``obs -> action``
+    :param env_id: environment id
+    :param n_episodes: number of episodes
+    :param seed: seed of the environment's first reset
+    :return: (mean return, standard deviation of the returns)
+    """
+    n_episodes = check_positive_int(n_episodes, "n_episodes")
+    env = Monitor(gym.make(env_id))
+    env.reset(seed=seed)
+    if callable(policy) and not hasattr(policy, "predict"):
+        returns = []
+        for episode in range(n_episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            done, total = False, 0.0
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(policy(obs))
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+        env.close()
+        return float(np.mean(returns)), float(np.std(returns))
+    mean, std = evaluate_policy(policy, env, n_eval_episodes=n_episodes, deterministic=True)
+    env.close()
+    return float(mean), float(std)

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pathlib
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+import gymnasium as gym
+from stable_baselines3.common.save_util import json_to_data
+
+# Attribute a model file records the algorithm's class name under (SB3 saves the attributes of the model).
+SAVED_BY_KEY = "saved_by"
+SelfModelFile = TypeVar("SelfModelFile", bound="ModelFileMixin")
 
 
 def with_suffix_if_missing(path: str | os.PathLike, suffix: str) -> str:
@@ -75,11 +85,52 @@ def atomic_target(path: str | os.PathLike) -> Iterator[str]:
             os.remove(temporary)
 
 
-class AtomicSaveMixin:
+def read_model_data(path: str) -> dict[str, Any]:
     """
-    ``save`` for SB3 algorithms that replaces the previous file only once the new one is complete (SB3's own
-    ``save`` opens the final path for writing first, so an exception while pickling leaves a truncated file).
-    Put it first among the bases: ``class Algo(AtomicSaveMixin, OffPolicyAlgorithm)``.
+    The ``data`` member of an SB3 model zip (its constructor arguments and attributes), without its weights.
+
+    Reading it unpickles the classes SB3 stores with cloudpickle (the policy class, activation functions): only read
+    files you trust, as with SB3's own ``load``.
+
+    :param path: an existing file
+    :raises ValueError: naming the file, when it is not a readable SB3 model zip (truncated, corrupt, foreign)
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "data" not in archive.namelist():
+                raise ValueError(f"{path} is a zip archive but not an SB3 model zip (it has no 'data' member)")
+            return json_to_data(archive.read("data").decode())
+    except ValueError:
+        raise
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a readable SB3 model zip (truncated or corrupt?): {error}") from error
+
+
+def _algorithm_mismatch(cls: type, data: dict[str, Any]) -> str | None:
+    """Why a file's data was not written by ``cls`` (None when it fits)."""
+    saved_by = data.get(SAVED_BY_KEY)
+    if saved_by is not None:
+        if saved_by in {klass.__name__ for klass in cls.__mro__}:
+            return None
+        return f"a {saved_by} model, not a {cls.__name__} model: load it with {saved_by}.load"
+    policy_class = data.get("policy_class")
+    expected = tuple(getattr(cls, "policy_aliases", {}).values())
+    if expected and not (isinstance(policy_class, type) and issubclass(policy_class, expected)):
+        name = getattr(policy_class, "__name__", policy_class)
+        return f"a model whose policy is {name}, not a {cls.__name__} model (its policies: {[k.__name__ for k in expected]})"
+    return None
+
+
+class ModelFileMixin:
+    """
+    Model files for SB3 algorithms, as users expect them. Put it first among the bases:
+    ``class Algo(ModelFileMixin, OffPolicyAlgorithm)``.
+
+    - ``save`` replaces the previous file only once the new one is complete (SB3's own ``save`` opens the final path
+      for writing first, so an exception while pickling leaves a truncated file), and records which algorithm wrote it;
+    - ``load`` finds ``path.zip`` for ``path`` as ``save`` does, accepts an env id as SB3's constructors do, and turns a
+      missing, truncated, corrupt or foreign file (another algorithm's model) into an error naming the file and what it
+      holds, before anything is built from it.
     """
 
     def save(
@@ -95,8 +146,50 @@ class AtomicSaveMixin:
         :param exclude: names of parameters that should be excluded in addition to the default ones
         :param include: names of parameters that might be excluded but should be included anyway
         """
+        setattr(self, SAVED_BY_KEY, type(self).__name__)
         if isinstance(path, io.IOBase):
             super().save(path, exclude=exclude, include=include)  # type: ignore[misc]
             return
         with atomic_target(with_suffix_if_missing(path, ".zip")) as temporary:
             super().save(temporary, exclude=exclude, include=include)  # type: ignore[misc]
+
+    @classmethod
+    def load(
+        cls: type[SelfModelFile],
+        path: str | os.PathLike | io.BufferedIOBase,
+        env: Any = None,
+        device: Any = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfModelFile:
+        """
+        Load a model saved with ``save`` (see SB3's ``load``).
+
+        :param path: the file (``.zip`` may be left out), or a file object
+        :param env: the environment to run the loaded model on, or its id (None: prediction only)
+        :param device: device to load on
+        :param custom_objects: objects that replace saved ones instead of being unpickled
+        :param print_system_info: print the saving and the current system's versions
+        :param force_reset: reset the environment before the next ``learn``
+        :param kwargs: attributes to change on load
+        :raises FileNotFoundError: when there is no such file
+        :raises ValueError: when the file is not a readable model of this algorithm
+        """
+        if not isinstance(path, io.IOBase):
+            path = existing_file(path, ".zip", what=f"saved {cls.__name__} model")
+            mismatch = _algorithm_mismatch(cls, read_model_data(path))
+            if mismatch is not None:
+                raise ValueError(f"{path} holds {mismatch}")
+        if isinstance(env, str):
+            env = gym.make(env)
+        return super().load(  # type: ignore[misc]
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **kwargs,
+        )

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import torch as th
 
-from sb3_flow.common.utils import check_positive_int
+from sb3_flow.common.utils import check_positive_finite, check_positive_int
 
 INTEGRATION_METHODS = ("euler", "midpoint")
 TIME_SAMPLING_MODES = ("uniform", "beta", "grid")
@@ -142,11 +142,15 @@ def time_grid(n_steps: int, device: th.device | str = "cpu") -> th.Tensor:
     return th.arange(n_steps, device=device, dtype=th.float32) / n_steps
 
 
+# pi0's Beta(1.5, 1) in openpi's reverse convention (t = 1 noise), expressed in ours: more times near the noise end.
+PI0_BETA_PARAMS = (1.0, 1.5)
+
+
 def sample_times(
     shape: tuple[int, ...],
     mode: str = "uniform",
     n_grid_points: int = 10,
-    beta_params: tuple[float, float] = (1.5, 1.0),
+    beta_params: tuple[float, float] = PI0_BETA_PARAMS,
     device: th.device | str = "cpu",
     generator: th.Generator | None = None,
 ) -> th.Tensor:
@@ -154,12 +158,14 @@ def sample_times(
     Draw training times for the CFM loss.
 
     :param shape: output shape, e.g. (batch, n_draws)
-    :param mode: ``"uniform"`` (t ~ U(0, 1)); ``"beta"`` (t ~ Beta(a, b), pi0 uses (1.5, 1)); ``"grid"``
-        (t uniform over the K points of :func:`time_grid`, as FPO does so that training times match sampling times)
+    :param mode: ``"uniform"`` (t ~ U(0, 1)); ``"beta"`` (t ~ Beta(a, b)); ``"grid"`` (t uniform over the K points
+        of :func:`time_grid`, as FPO does so that training times match sampling times)
     :param n_grid_points: K, for ``mode="grid"``
-    :param beta_params: (a, b), for ``mode="beta"``
+    :param beta_params: (a, b), for ``mode="beta"``. The default (1, 1.5) is pi0's Beta(1.5, 1), which openpi draws in
+        its reverse time convention (t = 1 at the noise): both favour the noise end of the path.
     :param device: torch device
-    :param generator: optional torch generator (uniform and grid modes)
+    :param generator: optional torch generator; every mode draws from it alone, so a seeded generator gives the same
+        times again and leaves the global random state untouched
     :return: times in [0, 1], shape ``shape``
     """
     if mode == "uniform":
@@ -169,9 +175,43 @@ def sample_times(
         index = th.randint(0, n_grid_points, shape, device=device, generator=generator)
         return index.float() / n_grid_points
     if mode == "beta":
-        concentration1, concentration0 = (th.tensor(float(p), device=device) for p in beta_params)
-        return th.distributions.Beta(concentration1, concentration0).sample(shape)
+        if len(beta_params) != 2:
+            raise ValueError(f"beta_params must be two concentrations (a, b), got {beta_params!r}")
+        a, b = (check_positive_finite(value, "beta_params") for value in beta_params)
+        # Beta(a, b) = X / (X + Y) with X ~ Gamma(a), Y ~ Gamma(b); in log space the ratio is a sigmoid, which stays
+        # exact where both gammas underflow (small concentrations).
+        log_x = _log_gamma_samples(a, shape, device, generator)
+        log_y = _log_gamma_samples(b, shape, device, generator)
+        return th.sigmoid(log_x - log_y)
     raise ValueError(f"time sampling mode must be one of {TIME_SAMPLING_MODES}, got {mode!r}")
+
+
+def _log_gamma_samples(
+    concentration: float, shape: tuple[int, ...], device: th.device | str, generator: th.Generator | None
+) -> th.Tensor:
+    """
+    Logarithms of Gamma(concentration, 1) draws by Marsaglia and Tsang's (2000) rejection method, from normal and
+    uniform draws of ``generator`` (torch's own Gamma sampler takes no generator).
+    """
+    # Below 1 the method needs a boost: Gamma(c) = Gamma(c + 1) * U^(1 / c).
+    boosted = concentration < 1.0
+    d = (concentration + 1.0 if boosted else concentration) - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    n_samples = math.prod(shape)
+    log_samples = th.empty(n_samples, device=device)
+    pending = th.arange(n_samples, device=device)
+    while pending.numel() > 0:  # each round accepts more than 95% of what is left
+        x = th.randn(pending.numel(), device=device, generator=generator)
+        u = th.rand(pending.numel(), device=device, generator=generator)
+        v = (1.0 + c * x).pow(3)
+        positive = v > 0
+        log_v = th.log(th.where(positive, v, th.ones_like(v)))
+        accept = positive & (th.log(u) < 0.5 * x.pow(2) + d - d * v + d * log_v)
+        log_samples[pending[accept]] = math.log(d) + log_v[accept]
+        pending = pending[~accept]
+    if boosted:
+        log_samples = log_samples + th.log(th.rand(n_samples, device=device, generator=generator)) / concentration
+    return log_samples.reshape(shape)
 
 
 def gaussian_log_prob(x: th.Tensor, mean: th.Tensor, std: th.Tensor) -> th.Tensor:

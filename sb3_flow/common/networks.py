@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch as th
 from torch import nn
 
@@ -43,9 +44,12 @@ class VelocityNetwork(nn.Module):
     MLP v(features, x, t) whose first layer is split into an observation half, an action half and a time half, so
     that the observation half is computed once per action and not once per integration step.
 
+    With ``net_arch=[]`` (SB3's linear policy) the first layer is the output layer: v is linear in the features, x and
+    the time embedding.
+
     :param features_dim: size of the observation features
     :param action_dim: size of the (flattened) action
-    :param net_arch: hidden layer sizes (at least one)
+    :param net_arch: hidden layer sizes ([]: no hidden layer)
     :param activation_fn: activation class
     :param time_embedding_dim: size of the sinusoidal time embedding
     """
@@ -59,17 +63,19 @@ class VelocityNetwork(nn.Module):
         time_embedding_dim: int = 17,
     ):
         super().__init__()
-        if len(net_arch) == 0 or any(int(size) <= 0 for size in net_arch):
-            raise ValueError(f"net_arch must be a non-empty list of positive layer sizes, got {net_arch}")
-        first = net_arch[0]
+        if any(isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0 for size in net_arch):
+            raise ValueError(f"net_arch must be a list of positive layer sizes, got {net_arch}")
+        first = int(net_arch[0]) if net_arch else action_dim
         self.time_embedding = SinusoidalTimeEmbedding(time_embedding_dim)
         self.observation_projection = nn.Linear(features_dim, first)
         self.action_projection = nn.Linear(action_dim, first, bias=False)
         self.time_projection = nn.Linear(time_embedding_dim, first, bias=False)
-        layers: list[nn.Module] = [activation_fn()]
-        for in_size, out_size in itertools.pairwise(net_arch):
-            layers += [nn.Linear(in_size, out_size), activation_fn()]
-        layers.append(nn.Linear(net_arch[-1], action_dim))
+        layers: list[nn.Module] = []
+        if net_arch:
+            layers.append(activation_fn())
+            for in_size, out_size in itertools.pairwise(net_arch):
+                layers += [nn.Linear(in_size, out_size), activation_fn()]
+            layers.append(nn.Linear(net_arch[-1], action_dim))
         self.trunk = nn.Sequential(*layers)
         self._time_terms_cache: dict[int, tuple[th.Tensor, tuple[int, int, int], th.Tensor]] = {}
 

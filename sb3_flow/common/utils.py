@@ -24,9 +24,8 @@ def set_torch_threads(n_threads: int = 1) -> None:
     """
     Set the number of CPU threads torch uses.
 
-    Small MLPs on a few cores run fastest, and are not slowed down by other processes, with one thread: SAC on
-    Pendulum was measured falling from ~80 to ~9 steps/s with torch's default of 2 threads once another process used
-    a core, and unaffected with 1 thread.
+    Small MLPs on a few cores run fastest with one thread, and one thread is not slowed down when another process
+    takes a core (torch's intra-op threads wait on each other); see docs/benchmarks.md.
 
     :param n_threads: number of intra-op threads
     """
@@ -180,7 +179,7 @@ def zero_init_actor(model: BaseAlgorithm) -> None:
     Steering agents then start exactly at the base policy: a residual agent adds zero correction (Policy Decorator,
     Yuan et al., 2024), and a DSRL agent (SAC on :class:`~sb3_flow.wrappers.NoiseActionWrapper`, or
     :class:`~sb3_flow.DSRLNA`) feeds the base policy zero initial noise, its deterministic action, instead of the
-    arbitrary noise a randomly initialized head picks (on Pendulum that random start was 22 points below the base).
+    arbitrary noise a randomly initialized head picks, which can start well below the base.
 
     :param model: an SB3 model whose actor acts on a steering wrapper's action space (or DSRLNA)
     :raises ValueError: for a model whose actor head is not found
@@ -201,8 +200,8 @@ def zero_init_actor(model: BaseAlgorithm) -> None:
         actor_target.load_state_dict(actor.state_dict())
 
 
-# Below this many rows oneDNN's fixed per-call cost dominates its GELU: at 1 x 256 it took ~19 us against ~4 us for
-# torch's native kernel on the development machine; from ~64 rows on oneDNN is as fast or faster.
+# Below this many rows oneDNN's fixed per-call cost dominates its GELU and torch's native kernel is several times
+# faster; from ~64 rows on oneDNN is as fast or faster (benchmarks/onednn_small_batch.py).
 ONEDNN_MIN_ROWS = 64
 
 

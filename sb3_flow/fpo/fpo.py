@@ -10,8 +10,9 @@ from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
-from sb3_flow.bases.on_policy import FlowOnPolicyAlgorithm, PolicyTerms, trust_region_surrogate
+from sb3_flow.bases.on_policy import FlowOnPolicyAlgorithm, PolicyTerms, flatten_rollout_buffer, trust_region_surrogate
 from sb3_flow.common.flow import CFM_LOSS_WEIGHTINGS, TIME_SAMPLING_MODES, cfm_loss_weights, sample_times
+from sb3_flow.common.utils import check_finite_number, check_positive_finite, check_positive_int
 from sb3_flow.policies.actor_critic import (
     CnnFlowActorCriticPolicy,
     FlowActorCriticPolicy,
@@ -22,8 +23,16 @@ from sb3_flow.policies.loading import BaseFlowPolicySource
 SelfFlowPPO = TypeVar("SelfFlowPPO", bound="FlowPPO")
 
 RATIO_MODES = ("per_action", "per_sample")
+LOG_RATIO_CLAMP_MODES = ("hard", "straight_through")
 
-__all__ = ["FlowDictRolloutBuffer", "FlowPPO", "FlowRolloutBuffer", "fpo_log_ratio", "trust_region_surrogate"]
+__all__ = [
+    "FlowDictRolloutBuffer",
+    "FlowPPO",
+    "FlowRolloutBuffer",
+    "clamp_log_ratio",
+    "fpo_log_ratio",
+    "trust_region_surrogate",
+]
 
 
 class FlowRolloutBufferSamples(NamedTuple):
@@ -35,67 +44,52 @@ class FlowRolloutBufferSamples(NamedTuple):
     returns: th.Tensor
     times: th.Tensor
     noises: th.Tensor
-    old_cfm_losses: th.Tensor
+    old_cfm_losses: th.Tensor | None  # None while FlowPPO.prepare_update computes them
 
 
 class FPODrawsMixin:
     """
     Adds FPO's per-action (time, noise) draws and their old per-draw CFM losses to an SB3 rollout buffer.
 
-    The draws do not depend on the rollout, so they are made once the rollout is complete, together with the old
-    losses, before any gradient step: the same as making them at rollout time, without slowing the rollout down.
-    The buffer's ``actions`` are the pre-clip actions the flow generated (see FlowActorCriticPolicy).
+    The draws do not depend on the rollout, so they are made once the rollout is complete (:meth:`make_draws`), and
+    FlowPPO computes their old losses right after, before any gradient step: the same as making them at rollout time,
+    without slowing the rollout down. The buffer's ``actions`` are the pre-clip actions the flow generated (see
+    FlowActorCriticPolicy).
     """
 
     buffer_size: int
     n_envs: int
-    generator_ready: bool
     device: th.device
-    old_cfm_losses: th.Tensor | None = None
+    actions: np.ndarray
+    draw_times: th.Tensor | None
+    draw_noises: th.Tensor | None
+    old_cfm_losses: th.Tensor | None
 
     def reset(self) -> None:
         super().reset()  # type: ignore[misc]
-        self.old_cfm_losses = None
+        self.draw_times = self.draw_noises = self.old_cfm_losses = None
 
-    def prepare_draws(
-        self,
-        policy: FlowActorCriticPolicy,
-        n_draws: int,
-        time_sampling: str,
-        batch_size: int,
-    ) -> None:
+    def make_draws(self, n_draws: int, time_sampling: str, n_grid_points: int) -> None:
         """
-        Draw ``n_draws`` (t, noise) pairs per stored action and compute their CFM losses under ``policy``.
+        Draw ``n_draws`` (t, noise) pairs for every row of the (flattened) rollout; ``old_cfm_losses`` is reset.
 
-        :param policy: the policy that collected the rollout, unchanged since
         :param n_draws: N
-        :param time_sampling: "uniform" or "grid" (the policy's K-point grid)
-        :param batch_size: chunk size; equal to the training minibatch size so the numerics match
+        :param time_sampling: a mode of :func:`~sb3_flow.common.flow.sample_times`
+        :param n_grid_points: K, the policy's integration steps, for ``time_sampling="grid"``
         """
-        self.old_cfm_losses = None
-        if not self.generator_ready:
-            # SB3 flattens (n_steps, n_envs) into one axis lazily, when get() first runs: let it do so.
-            next(self.get(batch_size=1))  # type: ignore[attr-defined]
+        flatten_rollout_buffer(self)  # type: ignore[arg-type]
         n_rows = self.buffer_size * self.n_envs
-        action_dim = self.actions.shape[-1]  # type: ignore[attr-defined]
-        self.draw_times = sample_times((n_rows, n_draws), time_sampling, policy.n_flow_steps, device=self.device)
-        self.draw_noises = th.randn((n_rows, n_draws, action_dim), device=self.device)
-        losses = []
-        with th.no_grad():
-            for start in range(0, n_rows, batch_size):
-                rows = np.arange(start, min(start + batch_size, n_rows))
-                samples = super()._get_samples(rows)  # type: ignore[misc]
-                losses.append(
-                    policy.cfm_loss(samples.observations, samples.actions, self.draw_times[rows], self.draw_noises[rows])
-                )
-        self.old_cfm_losses = th.cat(losses)
+        self.old_cfm_losses = None
+        self.draw_times = sample_times((n_rows, n_draws), time_sampling, n_grid_points, device=self.device)
+        self.draw_noises = th.randn((n_rows, n_draws, self.actions.shape[-1]), device=self.device)
 
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> FlowRolloutBufferSamples:
         samples = super()._get_samples(batch_inds, env)  # type: ignore[misc]
-        if self.old_cfm_losses is None:  # draws not made yet: prepare_draws() is flattening the buffer
+        if self.draw_times is None or self.draw_noises is None:  # no draws yet: the buffer is being flattened
             return samples
         rows = th.as_tensor(batch_inds, device=self.device)
-        return FlowRolloutBufferSamples(*samples, self.draw_times[rows], self.draw_noises[rows], self.old_cfm_losses[rows])
+        old_cfm_losses = None if self.old_cfm_losses is None else self.old_cfm_losses[rows]
+        return FlowRolloutBufferSamples(*samples, self.draw_times[rows], self.draw_noises[rows], old_cfm_losses)
 
 
 class FlowRolloutBuffer(FPODrawsMixin, RolloutBuffer):
@@ -121,13 +115,41 @@ def fpo_log_ratio(old_cfm_losses: th.Tensor, new_cfm_losses: th.Tensor, ratio_mo
     return old_cfm_losses - new_cfm_losses
 
 
+def clamp_log_ratio(log_ratio: th.Tensor, clamp: float | None, mode: str) -> th.Tensor:
+    """
+    Bound a log-ratio before it is exponentiated.
+
+    :param log_ratio: log-ratio estimates
+    :param clamp: the bound c (None: no bound)
+    :param mode: ``"hard"`` (FPO's per-sample clip to [-c, c]: no gradient beyond it) or ``"straight_through"``
+        (FPO++: the value is ``min(L, c)``, bounded from above only, and the gradient is that of L everywhere, so a draw
+        whose ratio grew past ``e^c`` under a negative advantage is still pushed back)
+    :return: shaped like ``log_ratio``
+    """
+    if clamp is None:
+        return log_ratio
+    if mode == "hard":
+        return log_ratio.clamp(-clamp, clamp)
+    if mode == "straight_through":
+        return log_ratio - (log_ratio - log_ratio.clamp(max=clamp)).detach()
+    raise ValueError(f"log_ratio_clamp_mode must be one of {LOG_RATIO_CLAMP_MODES}, got {mode!r}")
+
+
 class FlowPPO(FlowOnPolicyAlgorithm):
     """
-    Flow Policy Optimization (McAllister et al., 2025, "Flow Matching Policy Gradients"; FPO++: "Flow Policy
-    Optimization++"): PPO where the intractable likelihood ratio of a flow policy is replaced by
-    ``exp(L_old - L_new)``, the exponentiated decrease of the conditional flow matching loss on N stored
-    (time, noise) draws per action. Exploration comes from the random initial noise of the flow; deterministic
-    prediction integrates from zero noise (FPO++ zero-sampling).
+    Flow Policy Optimization (FPO, McAllister et al., 2025, "Flow Matching Policy Gradients", and its successor FPO++):
+    PPO where the intractable likelihood ratio of a flow policy is replaced by ``exp(L_old - L_new)``, the
+    exponentiated decrease of the conditional flow matching loss on N stored (time, noise) draws per action.
+    Exploration comes from the random initial noise of the flow; deterministic prediction integrates from zero noise
+    (FPO++ zero-sampling).
+
+    Paper (FPO): https://arxiv.org/abs/2507.21053
+    Reference implementation (FPO): https://github.com/akanazawa/fpo
+    Reference implementation (FPO++): https://github.com/amazon-far/fpo-control
+
+    The defaults are FPO's (one ratio per action, clip 0.05, value coefficient 0.25). FPO++'s settings:
+    ``ratio_mode="per_sample", log_ratio_clamp=10.0, log_ratio_clamp_mode="straight_through", cfm_loss_clamp=20.0,
+    action_perturbation_std=0.02`` (and ``trust_region="aspo"`` from scratch).
 
     :param policy: "MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a FlowActorCriticPolicy class
     :param env: environment or its id
@@ -137,24 +159,29 @@ class FlowPPO(FlowOnPolicyAlgorithm):
     :param n_epochs: passes over each rollout
     :param gamma: discount factor
     :param gae_lambda: GAE lambda
-    :param clip_range: PPO epsilon (FPO: 0.05; fine-tuning: 0.01-0.03)
+    :param clip_range: PPO epsilon, > 0 (FPO: 0.05; fine-tuning: 0.01-0.03)
     :param clip_range_vf: value clipping (None: none)
     :param normalize_advantage: normalize advantages per minibatch
     :param vf_coef: value-loss weight (FPO: 0.25)
     :param max_grad_norm: gradient-norm clipping
-    :param target_kl: stop an update's epochs early when the approximate KL exceeds it
+    :param target_kl: stop an update's epochs early when the approximate KL exceeds 1.5x this
     :param n_mc_samples: N, (time, noise) draws per action (FPO: 8; FPO++ locomotion: 16)
-    :param ratio_mode: "per_action" (FPO) or "per_sample" (FPO++)
-    :param log_ratio_clamp: the log-ratio is clamped to [-c, c] before exp (FPO: 3; FPO++: 10)
+    :param ratio_mode: "per_action" (FPO) or "per_sample" (FPO++, and FPO's per-sample variant)
+    :param log_ratio_clamp: the bound c of the log-ratio before exp (FPO per-sample: 3; FPO++: 10; None: no bound, as
+        FPO's per-action code)
+    :param log_ratio_clamp_mode: "hard" (FPO: clip to [-c, c]) or "straight_through" (FPO++: ``min(L, c)`` with L's
+        gradient), see :func:`clamp_log_ratio`
     :param trust_region: "clip" or "aspo" (FPO++'s asymmetric version; its authors advise "clip" when fine-tuning)
-    :param cfm_loss_clamp: per-draw CFM losses are clamped at this value (FPO++: 20; None: no clamp)
+    :param cfm_loss_clamp: per-draw CFM losses are clamped at this value (FPO++: 20; None: no clamp, as FPO's code)
     :param cfm_loss_weighting: "velocity" (the plain CFM loss) or "noise" (each draw weighted by t^2: the error of the
         noise recovered from the predicted velocity, FPO's "u_but_supervise_as_eps" default), in the ratio
-    :param time_sampling: "grid" (the policy's K sampling times, FPO's ``discretize_t_for_training``) or "uniform" (the
-        default of FPO's MuJoCo Playground code)
+    :param time_sampling: "grid" (the policy's K sampling times, FPO's ``discretize_t_for_training``), "uniform" (the
+        default of FPO's MuJoCo Playground code) or "beta"
     :param action_perturbation_std: std of Gaussian noise added to rollout actions in [-1, 1] units (FPO++: 0.02)
-    :param n_flow_steps: integration steps K of the policy (overrides ``policy_kwargs``)
-    :param base_policy: pretrained FlowPolicy (object, FlowBC model or path) to fine-tune
+    :param n_flow_steps: integration steps K of the policy (default: ``policy_kwargs``'s, else the base policy's, else
+        10)
+    :param base_policy: pretrained FlowPolicy (object, FlowBC model or path) to fine-tune; only its flow is taken (a
+        copy): the value network starts fresh
     :param critic_warmup_rollouts: rollouts during which only the value function learns
     :param critic_learning_rate: separate value-network learning rate (FPO++ fine-tuning: actor 1e-5, critic 1e-4)
     :param base_regularization_coef: weight of the squared distance to the base policy's deterministic action
@@ -195,7 +222,8 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         target_kl: float | None = None,
         n_mc_samples: int = 8,
         ratio_mode: str = "per_action",
-        log_ratio_clamp: float = 3.0,
+        log_ratio_clamp: float | None = 3.0,
+        log_ratio_clamp_mode: str = "hard",
         trust_region: str = "clip",
         cfm_loss_clamp: float | None = 20.0,
         cfm_loss_weighting: str = "velocity",
@@ -216,12 +244,11 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        self._check_options(n_mc_samples, ratio_mode, time_sampling, log_ratio_clamp, cfm_loss_clamp, cfm_loss_weighting)
-        if not np.isfinite(action_perturbation_std) or action_perturbation_std < 0:
-            raise ValueError(f"action_perturbation_std must be a finite number >= 0, got {action_perturbation_std}")
-        policy_kwargs = dict(policy_kwargs or {})
-        if n_flow_steps is not None:
-            policy_kwargs["n_flow_steps"] = n_flow_steps
+        n_mc_samples = check_positive_int(n_mc_samples, "n_mc_samples")
+        self._check_options(
+            ratio_mode, time_sampling, log_ratio_clamp, log_ratio_clamp_mode, cfm_loss_clamp, cfm_loss_weighting
+        )
+        action_perturbation_std = check_finite_number(action_perturbation_std, "action_perturbation_std", minimum=0)
         super().__init__(
             policy,
             env,
@@ -241,6 +268,7 @@ class FlowPPO(FlowOnPolicyAlgorithm):
             device=device,
             seed=seed,
             base_policy=base_policy,
+            n_flow_steps=n_flow_steps,
             critic_warmup_rollouts=critic_warmup_rollouts,
             critic_learning_rate=critic_learning_rate,
             base_regularization_coef=base_regularization_coef,
@@ -254,7 +282,8 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         )
         self.n_mc_samples = n_mc_samples
         self.ratio_mode = ratio_mode
-        self.log_ratio_clamp = log_ratio_clamp
+        self.log_ratio_clamp = None if log_ratio_clamp is None else float(log_ratio_clamp)
+        self.log_ratio_clamp_mode = log_ratio_clamp_mode
         self.cfm_loss_clamp = cfm_loss_clamp
         self.cfm_loss_weighting = cfm_loss_weighting
         self.time_sampling = time_sampling
@@ -264,23 +293,23 @@ class FlowPPO(FlowOnPolicyAlgorithm):
 
     @staticmethod
     def _check_options(
-        n_mc_samples: int,
         ratio_mode: str,
         time_sampling: str,
-        log_ratio_clamp: float,
+        log_ratio_clamp: float | None,
+        log_ratio_clamp_mode: str,
         cfm_loss_clamp: float | None,
         cfm_loss_weighting: str,
     ) -> None:
-        if isinstance(n_mc_samples, bool) or not isinstance(n_mc_samples, int) or n_mc_samples <= 0:
-            raise ValueError(f"n_mc_samples must be a positive integer, got {n_mc_samples!r}")
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f"ratio_mode must be one of {RATIO_MODES}, got {ratio_mode!r}")
         if time_sampling not in TIME_SAMPLING_MODES:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLING_MODES}, got {time_sampling!r}")
-        if not np.isfinite(log_ratio_clamp) or log_ratio_clamp <= 0:
-            raise ValueError(f"log_ratio_clamp must be a finite number > 0, got {log_ratio_clamp}")
-        if cfm_loss_clamp is not None and (not np.isfinite(cfm_loss_clamp) or cfm_loss_clamp <= 0):
-            raise ValueError(f"cfm_loss_clamp must be a finite number > 0 or None, got {cfm_loss_clamp}")
+        if log_ratio_clamp is not None:
+            check_positive_finite(log_ratio_clamp, "log_ratio_clamp (None: no bound)")
+        if log_ratio_clamp_mode not in LOG_RATIO_CLAMP_MODES:
+            raise ValueError(f"log_ratio_clamp_mode must be one of {LOG_RATIO_CLAMP_MODES}, got {log_ratio_clamp_mode!r}")
+        if cfm_loss_clamp is not None:
+            check_positive_finite(cfm_loss_clamp, "cfm_loss_clamp (None: no clamp)")
         if cfm_loss_weighting not in CFM_LOSS_WEIGHTINGS:
             raise ValueError(f"cfm_loss_weighting must be one of {CFM_LOSS_WEIGHTINGS}, got {cfm_loss_weighting!r}")
 
@@ -298,7 +327,7 @@ class FlowPPO(FlowOnPolicyAlgorithm):
         log_ratio = fpo_log_ratio(
             self._clamped(weights * samples.old_cfm_losses), self._clamped(weights * new_losses), self.ratio_mode
         )
-        return log_ratio.clamp(-self.log_ratio_clamp, self.log_ratio_clamp), new_losses
+        return clamp_log_ratio(log_ratio, self.log_ratio_clamp, self.log_ratio_clamp_mode), new_losses
 
     def policy_ratio(
         self, samples: FlowRolloutBufferSamples, features: th.Tensor | None = None
@@ -317,7 +346,11 @@ class FlowPPO(FlowOnPolicyAlgorithm):
 
     def prepare_update(self) -> None:
         """FPO's N (t, noise) draws per action and their old CFM losses, fixed for the whole update."""
-        self.rollout_buffer.prepare_draws(self.policy, self.n_mc_samples, self.time_sampling, self.batch_size)
+        buffer = self.rollout_buffer
+        buffer.make_draws(self.n_mc_samples, self.time_sampling, self.policy.n_flow_steps)
+        buffer.old_cfm_losses = self.map_rollout(
+            lambda samples: self.policy.cfm_loss(samples.observations, samples.actions, samples.times, samples.noises)
+        )
 
     def policy_terms(self, samples: FlowRolloutBufferSamples, features: th.Tensor) -> PolicyTerms:
         # The shared update exponentiates the log-ratio itself.

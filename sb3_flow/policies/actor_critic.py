@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
@@ -48,18 +47,14 @@ class FlowActorCriticPolicy(FlowPolicy):
         data["value_net_arch"] = self.value_net_arch
         return data
 
-    def flow_policy_parameters(self) -> dict[str, Any]:
-        """Constructor arguments of a plain :class:`FlowPolicy` with this actor's architecture (e.g. a frozen copy)."""
-        accepted = inspect.signature(FlowPolicy.__init__).parameters
-        return {key: value for key, value in self._get_constructor_parameters().items() if key in accepted}
-
     def actor_parameters(self) -> list[nn.Parameter]:
         """Parameters of the flow actor (features extractor and velocity network)."""
         return [*self.features_extractor.parameters(), *self.velocity_net.parameters()]
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
-        Rollout step: pre-clip normalized actions, values, and zeros in place of log-probabilities (a flow has none).
+        Rollout step: pre-clip normalized actions (in the action space's shape), values, and zeros in place of
+        log-probabilities (a flow has none).
         """
         with self.inference_kernels(obs):
             features = self.extract_features(obs, self.features_extractor)
@@ -68,7 +63,14 @@ class FlowActorCriticPolicy(FlowPolicy):
         if self.action_perturbation_std > 0 and not deterministic:
             actions = actions + self.action_perturbation_std * th.randn_like(actions)
         values = self.value_net(features)
-        return actions, values, th.zeros(actions.shape[0], device=actions.device)
+        return self.env_shaped(actions), values, th.zeros(actions.shape[0], device=actions.device)
+
+    def env_shaped(self, actions: th.Tensor) -> th.Tensor:
+        """
+        Flat (batch, action_dim) actions in the action space's shape, as SB3's ``collect_rollouts`` hands them to
+        ``unscale_action`` and the environment (the rollout buffer flattens them again).
+        """
+        return actions.reshape((-1, *self.action_space.shape))
 
     def predict_values(self, obs: PyTorchObs) -> th.Tensor:
         """State values, shape (batch, 1)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any
 
 import torch as th
@@ -37,7 +38,7 @@ class FlowPolicy(BoxActionPolicy):
     :param observation_space: observation space
     :param action_space: a Box action space with finite bounds
     :param lr_schedule: learning-rate schedule, for the optimizer
-    :param net_arch: hidden layer sizes of the velocity network
+    :param net_arch: hidden layer sizes of the velocity network ([]: linear in features, action and time embedding)
     :param activation_fn: activation function class
     :param time_embedding_dim: size of the sinusoidal time embedding (odd)
     :param n_flow_steps: default number of integration steps K
@@ -108,6 +109,14 @@ class FlowPolicy(BoxActionPolicy):
         )
         return data
 
+    def flow_policy_parameters(self) -> dict[str, Any]:
+        """
+        Constructor arguments of a plain :class:`FlowPolicy` with this policy's flow (e.g. a frozen copy of an
+        actor-critic's actor): the subclass's own arguments are left out.
+        """
+        accepted = inspect.signature(FlowPolicy.__init__).parameters
+        return {key: value for key, value in self._get_constructor_parameters().items() if key in accepted}
+
     def velocity_field(self, obs: PyTorchObs, n_draws: int | None = None) -> ConditionedVelocity:
         """
         The velocity field v(x, t) of a batch of observations; features are extracted once here.
@@ -128,8 +137,8 @@ class FlowPolicy(BoxActionPolicy):
     @property
     def device(self) -> th.device:
         """
-        The parameters' device. SB3's property walks the submodules for a first parameter (~27 µs here against ~10 µs
-        for PPO's policy) and sampling asks for it on every rollout step; the velocity network is always there.
+        The parameters' device. SB3's property walks the submodules for a first parameter, and sampling asks for it on
+        every rollout step: the velocity network's weight is read directly instead.
         """
         velocity_net = self._modules.get("velocity_net")
         if velocity_net is None:  # still being built

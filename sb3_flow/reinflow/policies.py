@@ -13,6 +13,7 @@ from torch import nn
 
 from sb3_flow.common.flow import FlowSample, GridStep, NoiseStdFn, chain_log_probs, gaussian_log_prob, time_grid
 from sb3_flow.common.networks import ConditionedVelocity
+from sb3_flow.common.utils import check_positive_finite, check_positive_int
 from sb3_flow.policies.actor_critic import FlowActorCriticPolicy
 
 NOISE_MODES = ("learned", "fixed")
@@ -53,13 +54,18 @@ class ReinFlowPolicy(FlowActorCriticPolicy):
     ``x_{k+1} ~ N(x_k + v(s, x_k, t_k) / K, sigma(s, t_k)^2)`` started at ``x_0 ~ N(0, I)``, whose log-probability is
     exact; deterministic actions integrate the mean chain from zero noise (the plain FlowPolicy action).
 
+    Paper: https://arxiv.org/abs/2505.22094
+    Reference implementation: https://github.com/ReinFlow/ReinFlow
+
     :param noise: "learned" (ReinFlow: a noise network sigma(s, t_k)) or "fixed" (one std for every step and
         dimension, the DPPO / Flow-GRPO-style SDE)
-    :param min_std: lower bound of the learned std, in normalized action units (authors, Hopper: 0.10)
+    :param min_std: lower bound of the learned std, in normalized action units (authors, Hopper: 0.10); also the floor
+        of the fixed std, and the fixed std of the frozen early steps with ``n_finetune_steps``
     :param max_std: upper bound of the learned std, and the std of ``noise="fixed"`` (authors, Hopper: 0.24)
     :param noise_net_arch: hidden sizes of the noise network (authors: 64x64 tanh)
-    :param n_finetune_steps: M: only the last M integration steps use the trainable velocity network, the earlier ones
-        a frozen copy of it (DPPO); None: all K steps are trained. A shared features extractor keeps training.
+    :param n_finetune_steps: M: only the last M integration steps use the trainable velocity network and the learned
+        (or scheduled) noise; the earlier ones a frozen copy of the velocity network and the fixed std ``min_std``
+        (DPPO); None: all K steps are trained. A shared features extractor keeps training.
     :param log_prob_normalization: "per_step_dim" (the authors': the chain log-probability divided by (K + 1) and the
         action dimension, a temperature on the ratio) or "none" (the exact sum)
     :param args: see :class:`~sb3_flow.policies.actor_critic.FlowActorCriticPolicy`
@@ -85,23 +91,24 @@ class ReinFlowPolicy(FlowActorCriticPolicy):
             raise ValueError(
                 f"log_prob_normalization must be one of {LOG_PROB_NORMALIZATIONS}, got {log_prob_normalization!r}"
             )
-        if not (math.isfinite(min_std) and math.isfinite(max_std) and 0 < min_std <= max_std):
-            raise ValueError(f"noise stds must satisfy 0 < min_std <= max_std, both finite; got {min_std} and {max_std}")
+        min_std, max_std = check_positive_finite(min_std, "min_std"), check_positive_finite(max_std, "max_std")
+        if min_std > max_std:
+            raise ValueError(f"noise stds must satisfy 0 < min_std <= max_std; got min_std={min_std} and max_std={max_std}")
         self.noise = noise
-        self.min_std = float(min_std)
-        self.max_std = float(max_std)
+        self.min_std = min_std
+        self.max_std = max_std
         # The upper bound in use (ReinFlow can anneal it); the algorithm sets it before each rollout.
         self.current_max_std = float(max_std)
         self.noise_net_arch = [64, 64] if noise_net_arch is None else list(noise_net_arch)
-        self.n_finetune_steps = n_finetune_steps
+        self.n_finetune_steps = None if n_finetune_steps is None else check_positive_int(n_finetune_steps, "n_finetune_steps")
         self.log_prob_normalization = log_prob_normalization
         # The chain of the last forward() call, for the rollout buffer (SB3's collect_rollouts only passes actions on).
         self.last_chain: th.Tensor | None = None
         super().__init__(*args, **kwargs)
-        if n_finetune_steps is not None and not (
-            isinstance(n_finetune_steps, int) and 1 <= n_finetune_steps <= self.n_flow_steps
-        ):
-            raise ValueError(f"n_finetune_steps must be an integer in [1, n_flow_steps={self.n_flow_steps}] or None")
+        if self.n_finetune_steps is not None and self.n_finetune_steps > self.n_flow_steps:
+            raise ValueError(
+                f"n_finetune_steps must be an integer in [1, n_flow_steps={self.n_flow_steps}] or None, got {n_finetune_steps}"
+            )
 
     def _build_extra_networks(self) -> None:
         super()._build_extra_networks()
@@ -150,30 +157,36 @@ class ReinFlowPolicy(FlowActorCriticPolicy):
 
     def noise_stds(self, features: th.Tensor, n_steps: int | None = None) -> th.Tensor:
         """
-        Std of every transition of the chain, per dimension.
+        Std of every transition of the chain, per dimension. The upper bound in use (``current_max_std``) is floored at
+        ``min_std``, so that an annealed bound reaching 0 still gives a proper Gaussian; the frozen early steps of
+        ``n_finetune_steps`` use the fixed std ``min_std``.
 
         :param features: observation features, shape (batch, features_dim)
         :param n_steps: K (default the policy's)
-        :return: shape (K, batch, action_dim) for learned noise; (1, 1, action_dim) for fixed noise
+        :return: shape (K, batch, action_dim) for learned noise; (K, 1, action_dim) for fixed noise
         """
         n_steps = self.n_flow_steps if n_steps is None else n_steps
+        times = time_grid(n_steps, features.device)
+        upper = max(self.current_max_std, self.min_std)
         if self.noise == "fixed":
-            return th.full((1, 1, self.action_dim), self.current_max_std, device=features.device)
-        time_embeddings = self.velocity_net.time_embedding(time_grid(n_steps, features.device))
-        inputs = th.cat(
-            [
-                features.unsqueeze(0).expand(n_steps, -1, -1),
-                time_embeddings.unsqueeze(1).expand(-1, features.shape[0], -1),
-            ],
-            dim=-1,
-        )
-        log_min, log_max = math.log(self.min_std), math.log(max(self.current_max_std, self.min_std))
-        return th.exp(log_min + (log_max - log_min) * th.sigmoid(self.noise_net(inputs)))
+            stds = th.full((n_steps, 1, self.action_dim), upper, device=features.device)
+        else:
+            inputs = th.cat(
+                [
+                    features.unsqueeze(0).expand(n_steps, -1, -1),
+                    self.velocity_net.time_embedding(times).unsqueeze(1).expand(-1, features.shape[0], -1),
+                ],
+                dim=-1,
+            )
+            log_min, log_max = math.log(self.min_std), math.log(upper)
+            stds = th.exp(log_min + (log_max - log_min) * th.sigmoid(self.noise_net(inputs)))
+        if self.frozen_until is not None:
+            frozen = (times < self.frozen_until).view(-1, 1, 1)
+            stds = th.where(frozen, th.full_like(stds, self.min_std), stds)
+        return stds
 
     @staticmethod
     def _std_fn(stds: th.Tensor) -> NoiseStdFn:
-        if stds.shape[0] == 1:
-            return lambda x, t, k: stds[0]
         return lambda x, t, k: stds[k]
 
     def chain_log_prob(self, step_log_probs: th.Tensor, chain: th.Tensor) -> th.Tensor:
@@ -222,15 +235,17 @@ class ReinFlowPolicy(FlowActorCriticPolicy):
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """
-        Rollout step: the chain's final point (pre-clip), values, and zeros in place of log-probabilities; keeps the
-        chain for the rollout buffer. ReinFlow computes the chains' log-probabilities after the rollout, in training-sized
-        batches (:meth:`ReinFlow.prepare_update`), so the rollout does not compute them a first time.
+        Rollout step: the chain's final point (pre-clip, in the action space's shape), values, and zeros in place of
+        log-probabilities; keeps the chain for the rollout buffer. ReinFlow computes the chains' log-probabilities after
+        the rollout, in training-sized batches (:meth:`ReinFlow.prepare_update`), so the rollout does not compute them a
+        first time.
         """
         with self.inference_kernels(obs):
             features = self.extract_features(obs, self.features_extractor)
             flow = self.sample_chain(features, deterministic, return_log_probs=False)
         self.last_chain = None if deterministic else flow.chain
-        return flow.actions, self.value_net(features), th.zeros(flow.actions.shape[0], device=flow.actions.device)
+        actions = flow.actions
+        return self.env_shaped(actions), self.value_net(features), th.zeros(actions.shape[0], device=actions.device)
 
     def pop_last_chain(self) -> th.Tensor:
         """The chain of the last stochastic forward() call, handed over once (the rollout buffer takes it)."""

@@ -10,8 +10,8 @@ from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 
-from sb3_flow.bases.on_policy import FlowOnPolicyAlgorithm, PolicyTerms
-from sb3_flow.common.utils import FloatSchedule
+from sb3_flow.bases.on_policy import FlowOnPolicyAlgorithm, PolicyTerms, flatten_rollout_buffer
+from sb3_flow.common.utils import FloatSchedule, check_finite_number, check_positive_finite
 from sb3_flow.policies.loading import BaseFlowPolicySource
 from sb3_flow.reinflow.policies import HALF_LOG_2_PI_E, CnnReinFlowPolicy, MultiInputReinFlowPolicy, ReinFlowPolicy
 
@@ -65,8 +65,7 @@ class ChainStorageMixin:
 
     def flatten(self) -> None:
         """Let SB3 flatten (n_steps, n_envs) into one axis, and do the same for the chains."""
-        if not self.generator_ready:
-            next(self.get(batch_size=1))  # type: ignore[attr-defined]
+        flatten_rollout_buffer(self)  # type: ignore[arg-type]
         if not self.chains_flat:
             self.chains = self.swap_and_flatten(self.chains)  # type: ignore[attr-defined]
             self.chains_flat = True
@@ -95,6 +94,9 @@ class ReinFlow(FlowOnPolicyAlgorithm):
     DPPO / Flow-GRPO-style SDE); it is also the exploration. Deterministic prediction integrates the mean chain from
     zero noise. The main use is fine-tuning a FlowBC base (``base_policy=``); training from scratch works too.
 
+    Paper: https://arxiv.org/abs/2505.22094
+    Reference implementation: https://github.com/ReinFlow/ReinFlow
+
     :param policy: "MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a ReinFlowPolicy class
     :param env: environment or its id
     :param learning_rate: actor learning rate (and critic's unless ``critic_learning_rate``); authors, Hopper: 4.5e-5
@@ -111,15 +113,20 @@ class ReinFlow(FlowOnPolicyAlgorithm):
     :param max_grad_norm: gradient-norm clipping
     :param target_kl: stop an update's epochs early when the approximate KL exceeds 1.5x this
     :param noise: "learned" or "fixed"
-    :param min_std: lower bound of the learned std (normalized action units; authors, Hopper: 0.10)
+    :param min_std: lower bound of the learned std (normalized action units; authors, Hopper: 0.10); also the floor of
+        an annealed ``max_std`` and the fixed std of the frozen steps of ``n_finetune_steps``
     :param max_std: upper bound of the learned std, or the fixed std; a float or a schedule of the remaining progress
-        (1 -> 0), e.g. to anneal exploration (authors, Hopper: 0.24)
+        (1 -> 0), e.g. to anneal exploration (authors, Hopper: 0.24). A schedule's value below ``min_std`` is raised to
+        ``min_std``; a negative or non-finite one stops training with a ValueError.
     :param noise_net_arch: hidden sizes of the noise network (authors: 64x64)
-    :param n_finetune_steps: train only the last M integration steps, the earlier ones stay the base's (DPPO)
+    :param n_finetune_steps: train only the last M integration steps; the earlier ones stay the base's (DPPO), with the
+        fixed noise std ``min_std``
     :param log_prob_normalization: "per_step_dim" (authors: divide by (K + 1) x action_dim) or "none"
     :param log_ratio_clamp: the log-ratio is clamped to [-c, c] before exp
-    :param n_flow_steps: integration steps K (default: the base policy's, or 4 from scratch as the authors' locomotion)
-    :param base_policy: pretrained FlowPolicy (object, FlowBC model or path) to fine-tune
+    :param n_flow_steps: integration steps K (default: ``policy_kwargs``'s, else the base policy's, else 4 as the
+        authors' locomotion)
+    :param base_policy: pretrained FlowPolicy (object, FlowBC model or path) to fine-tune; only its flow is taken (a
+        copy): the value and noise networks start fresh
     :param critic_warmup_rollouts: rollouts during which only the value function learns
     :param critic_learning_rate: separate value-network learning rate (authors, Hopper: 6.5e-4)
     :param base_regularization_coef: weight of ``||a(s, x0=0) - a_base(s, x0=0)||^2`` (authors' BC regularizer: 0.1)
@@ -142,6 +149,7 @@ class ReinFlow(FlowOnPolicyAlgorithm):
     }
     policy: ReinFlowPolicy
     rollout_buffer: ChainRolloutBuffer | ChainDictRolloutBuffer
+    default_n_flow_steps = 4
 
     def __init__(
         self,
@@ -182,24 +190,15 @@ class ReinFlow(FlowOnPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        if not np.isfinite(log_ratio_clamp) or log_ratio_clamp <= 0:
-            raise ValueError(f"log_ratio_clamp must be a finite number > 0, got {log_ratio_clamp}")
-        if not np.isfinite(ent_coef) or ent_coef < 0:
-            raise ValueError(f"ent_coef must be a finite number >= 0, got {ent_coef}")
-        self.max_std_schedule = FloatSchedule(max_std)
-        policy_kwargs = dict(policy_kwargs or {})
-        policy_kwargs.update(
-            noise=noise,
-            min_std=min_std,
-            max_std=self.max_std_schedule(1.0),
-            noise_net_arch=noise_net_arch,
-            n_finetune_steps=n_finetune_steps,
-            log_prob_normalization=log_prob_normalization,
-        )
-        if n_flow_steps is not None:
-            policy_kwargs["n_flow_steps"] = n_flow_steps
-        elif base_policy is None:
-            policy_kwargs.setdefault("n_flow_steps", 4)
+        log_ratio_clamp = check_positive_finite(log_ratio_clamp, "log_ratio_clamp")
+        ent_coef = check_finite_number(ent_coef, "ent_coef", minimum=0)
+        # The noise model is the policy's; its options are passed to it beside policy_kwargs (see policy_options).
+        self.noise = noise
+        self.min_std = min_std
+        self.max_std = max_std  # a float or a schedule; a schedule from _setup_model on, as SB3 does with clip_range
+        self.noise_net_arch = noise_net_arch
+        self.n_finetune_steps = n_finetune_steps
+        self.log_prob_normalization = log_prob_normalization
         super().__init__(
             policy,
             env,
@@ -219,6 +218,7 @@ class ReinFlow(FlowOnPolicyAlgorithm):
             device=device,
             seed=seed,
             base_policy=base_policy,
+            n_flow_steps=n_flow_steps,
             critic_warmup_rollouts=critic_warmup_rollouts,
             critic_learning_rate=critic_learning_rate,
             base_regularization_coef=base_regularization_coef,
@@ -233,7 +233,18 @@ class ReinFlow(FlowOnPolicyAlgorithm):
         if _init_setup_model:
             self._setup_model()
 
+    def policy_options(self) -> dict[str, Any]:
+        return {
+            "noise": self.noise,
+            "min_std": self.min_std,
+            "max_std": FloatSchedule(self.max_std)(1.0),
+            "noise_net_arch": self.noise_net_arch,
+            "n_finetune_steps": self.n_finetune_steps,
+            "log_prob_normalization": self.log_prob_normalization,
+        }
+
     def _setup_model(self) -> None:
+        self.max_std = FloatSchedule(self.max_std)
         super()._setup_model()
         if not isinstance(self.policy, ReinFlowPolicy):
             raise TypeError(f"ReinFlow needs a ReinFlowPolicy, got {type(self.policy).__name__}")
@@ -245,7 +256,10 @@ class ReinFlow(FlowOnPolicyAlgorithm):
 
     def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
         # The std bound is fixed for a rollout and its update, so the old and new log-probs use the same one.
-        self.policy.current_max_std = self.max_std_schedule(self._current_progress_remaining)
+        progress = self._current_progress_remaining
+        self.policy.current_max_std = check_finite_number(
+            self.max_std(progress), f"max_std (its schedule's value at progress_remaining={progress:.4f})", minimum=0
+        )
         return super().collect_rollouts(*args, **kwargs)
 
     def prepare_update(self) -> None:
@@ -254,17 +268,13 @@ class ReinFlow(FlowOnPolicyAlgorithm):
         batches (same numerics as the update's re-evaluation), so that the first ratio of the update is exactly 1. The
         rollout steps do not compute them.
         """
-        buffer = self.rollout_buffer
-        buffer.flatten()
-        n_rows = buffer.buffer_size * buffer.n_envs
-        old_log_probs = []
-        with th.no_grad():
-            for start in range(0, n_rows, self.batch_size):
-                rows = np.arange(start, min(start + self.batch_size, n_rows))
-                samples = buffer._get_samples(rows)
-                features = self.policy.extract_features(samples.observations, self.policy.features_extractor)
-                old_log_probs.append(self.policy.evaluate_chains(features, samples.chains)[0])
-        buffer.log_probs = th.cat(old_log_probs).cpu().numpy()
+        self.rollout_buffer.flatten()
+
+        def chain_log_probs(samples: ChainRolloutBufferSamples) -> th.Tensor:
+            features = self.policy.extract_features(samples.observations, self.policy.features_extractor)
+            return self.policy.evaluate_chains(features, samples.chains)[0]
+
+        self.rollout_buffer.log_probs = self.map_rollout(chain_log_probs).cpu().numpy()
 
     def policy_terms(self, samples: ChainRolloutBufferSamples, features: th.Tensor) -> PolicyTerms:
         log_probs, entropy = self.policy.evaluate_chains(features, samples.chains)

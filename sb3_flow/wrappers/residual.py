@@ -1,5 +1,8 @@
 """Residual RL around a frozen flow policy: ``a = clip(a_base + scale * r)`` with the agent's ``r`` in [-1, 1]
 (Policy Decorator, Yuan et al., 2024; ResiP, Ankile et al., 2024; ResFiT). Any SB3 algorithm trains the residual.
+
+Policy Decorator: https://arxiv.org/abs/2412.13630, reference implementation https://github.com/tongzhoumu/policy_decorator
+ResiP: https://arxiv.org/abs/2407.16677
 """
 
 from __future__ import annotations
@@ -10,14 +13,26 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from sb3_flow.common.utils import check_box_action_space, check_positive_finite, small_batch_inference, zero_init_actor
-from sb3_flow.policies.loading import BaseFlowPolicySource, load_flow_policy
+from sb3_flow.common.observations import batch_of_one, check_finite_observations, index_rows, n_rows, stack_rows
+from sb3_flow.common.utils import (
+    check_box_action_space,
+    check_positive_finite,
+    check_positive_int,
+    small_batch_inference,
+    zero_init_actor,
+)
+from sb3_flow.policies.loading import BaseFlowPolicySource
+from sb3_flow.wrappers.frozen import frozen_base_policy, recorded_source, unscale_rows
 
 BASE_NOISE_MODES = ("zero", "random")
 BASE_ACTION_KEY = "base_action"
+# The residual the environment executed, in the agent's units: the agent's action clipped to [-1, 1], or zeros when
+# progressive exploration did not apply it. The Executed* replay buffers store it instead of the agent's sample.
+EXECUTED_RESIDUAL_KEY = "executed_residual"
 
 
 class ResidualCore:
@@ -33,7 +48,9 @@ class ResidualCore:
         or as a ``"base_action"`` entry of a Dict observation
     :param base_noise: "zero" (the base policy's deterministic action) or "random" (a fresh N(0, I) initial noise)
     :param progressive_steps: H of Policy Decorator's progressive exploration: the residual is applied with
-        probability min(1, steps / H) (0: always)
+        probability min(1, steps / H) (0: always). An off-policy agent must then store the residual that was executed,
+        not the one it sampled: give it ``replay_buffer_class=ExecutedResidualReplayBuffer``
+        (``ExecutedResidualDictReplayBuffer`` for Dict observations)
     :param seed: seed of the progressive-exploration draws
     :param device: device of the base policy
     """
@@ -54,13 +71,10 @@ class ResidualCore:
         self.residual_scale = check_positive_finite(residual_scale, "residual_scale")
         if base_noise not in BASE_NOISE_MODES:
             raise ValueError(f"base_noise must be one of {BASE_NOISE_MODES}, got {base_noise!r}")
-        if isinstance(progressive_steps, bool) or not isinstance(progressive_steps, int) or progressive_steps < 0:
-            raise ValueError(f"progressive_steps must be an integer >= 0, got {progressive_steps!r}")
-        self.base_policy = load_flow_policy(base_policy, device, observation_space, action_space)
-        self.base_policy.set_training_mode(False)
+        self.progressive_steps = check_positive_int(progressive_steps, "progressive_steps", minimum=0)
+        self.base_policy = frozen_base_policy(base_policy, device, observation_space, action_space)
         self.base_noise = base_noise
         self.append_base_action = append_base_action
-        self.progressive_steps = progressive_steps
         self.noise_generator = th.Generator(device=self.base_policy.device)
         self.reseed(seed)
         self.n_steps = 0
@@ -95,14 +109,15 @@ class ResidualCore:
 
     def base_actions(self, observations: Any) -> np.ndarray:
         """Normalized base actions for a batch of observations, shape (batch, action_dim): one policy call."""
+        check_finite_observations(observations, "ResidualActionWrapper's base policy")
         obs_tensor, _ = self.base_policy.obs_to_tensor(observations)
-        n_rows = len(next(iter(observations.values()))) if isinstance(observations, dict) else len(observations)
-        shape = (n_rows, self.base_policy.action_dim)
+        rows = n_rows(observations)
+        shape = (rows, self.base_policy.action_dim)
         if self.base_noise == "zero":
             noise = th.zeros(shape, device=self.base_policy.device)
         else:
             noise = th.randn(shape, generator=self.noise_generator, device=self.base_policy.device)
-        with th.no_grad(), small_batch_inference(n_rows, self.base_policy.device):
+        with th.no_grad(), small_batch_inference(rows, self.base_policy.device):
             return self.base_policy.sample(obs_tensor, noise=noise).cpu().numpy()
 
     def augment(self, observations: Any, base_actions: np.ndarray) -> Any:
@@ -113,44 +128,53 @@ class ResidualCore:
             return {**observations, BASE_ACTION_KEY: base_actions.astype(np.float32)}
         return np.concatenate([observations, base_actions], axis=1).astype(np.float32)
 
-    def combine(self, base_actions: np.ndarray, agent_actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def combine(self, base_actions: np.ndarray, agent_actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """
-        Environment actions (env units) and whether the residual was applied, for a batch; advances the schedule.
+        For a batch: the environment actions (env units), whether the residual was applied, and the residuals executed
+        (agent units: the agent's clipped to [-1, 1], zero where progressive exploration did not apply it). Advances
+        the schedule.
         """
         agent_actions = np.asarray(agent_actions, dtype=np.float32).reshape(base_actions.shape)
         if not np.all(np.isfinite(agent_actions)):
             raise ValueError(f"residual actions must be finite, got {agent_actions}")
-        n_rows = len(base_actions)
+        rows = len(base_actions)
         if self.progressive_steps > 0:
             probability = min(1.0, self.n_steps / self.progressive_steps)
-            applied = self.rng.random(n_rows) < probability
+            applied = self.rng.random(rows) < probability
         else:
-            applied = np.ones(n_rows, dtype=bool)
-        self.n_steps += n_rows
-        correction = self.residual_scale * np.clip(agent_actions, -1.0, 1.0) * applied[:, None]
-        normalized = np.clip(base_actions + correction, -1.0, 1.0)
-        env_actions = self.base_policy.unscale_action(normalized)
-        return env_actions.reshape((n_rows, *self.base_policy.action_space.shape)), applied
+            applied = np.ones(rows, dtype=bool)
+        self.n_steps += rows
+        executed = np.clip(agent_actions, -1.0, 1.0) * applied[:, None]
+        normalized = np.clip(base_actions + self.residual_scale * executed, -1.0, 1.0)
+        return unscale_rows(self.base_policy, normalized), applied, executed
 
-
-def _batch_of_one(observation: Any) -> Any:
-    if isinstance(observation, dict):
-        return {key: np.asarray(value)[None] for key, value in observation.items()}
-    return np.asarray(observation)[None]
-
-
-def _row(observations: Any, row: int) -> Any:
-    if isinstance(observations, dict):
-        return {key: value[row] for key, value in observations.items()}
-    return observations[row]
+    def step_infos(
+        self, base_actions: np.ndarray, env_actions: np.ndarray, applied: np.ndarray, executed: np.ndarray
+    ) -> list[dict[str, Any]]:
+        """What each environment's ``info`` reports about a step (actions in env units, residuals in agent units)."""
+        base_env_actions = unscale_rows(self.base_policy, base_actions)
+        return [
+            {
+                "env_action": env_actions[row],
+                "base_action": base_env_actions[row],
+                "residual_applied": bool(applied[row]),
+                EXECUTED_RESIDUAL_KEY: executed[row],
+            }
+            for row in range(len(base_actions))
+        ]
 
 
 class ResidualActionWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """
-    Residual wrapper for one environment: ``env action = clip(base action + residual_scale * agent action)``.
-    ``info`` reports ``env_action``, ``base_action`` (env units) and ``residual_applied``. One base-policy call per
+    Residual wrapper for one environment: ``env action = clip(base action + residual_scale * agent action)``
+    (Policy Decorator, Yuan et al., 2024; ResiP, Ankile et al., 2024). ``info`` reports ``env_action``,
+    ``base_action`` (env units), ``residual_applied`` and ``executed_residual`` (agent units). One base-policy call per
     environment step. See :class:`ResidualCore` for the parameters; to start training at exactly zero correction,
     call :func:`~sb3_flow.common.utils.zero_init_actor` (alias ``zero_init_residual``) on the agent.
+
+    Policy Decorator: https://arxiv.org/abs/2412.13630, reference implementation
+    https://github.com/tongzhoumu/policy_decorator
+    ResiP: https://arxiv.org/abs/2407.16677
     """
 
     def __init__(
@@ -164,24 +188,26 @@ class ResidualActionWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         seed: int | None = None,
         device: str = "auto",
     ):
-        # Recorded so that gymnasium can re-create the wrapped env from its spec.
-        gym.utils.RecordConstructorArgs.__init__(
-            self, base_policy=base_policy, residual_scale=residual_scale, append_base_action=append_base_action,
-            base_noise=base_noise, progressive_steps=progressive_steps, seed=seed, device=device,
-        )  # fmt: skip
-        gym.Wrapper.__init__(self, env)
         self.core = ResidualCore(
             env.observation_space, env.action_space, base_policy, residual_scale, append_base_action, base_noise,
             progressive_steps, seed, device,
         )  # fmt: skip
+        # Recorded so that gymnasium can re-create the wrapped env from its spec: the path or the frozen copy, not the
+        # caller's model (deep-copying a FlowBC model copies its demonstrations, and its logger cannot be copied).
+        gym.utils.RecordConstructorArgs.__init__(
+            self, base_policy=recorded_source(base_policy, self.core.base_policy), residual_scale=residual_scale,
+            append_base_action=append_base_action, base_noise=base_noise, progressive_steps=progressive_steps,
+            seed=seed, device=device, _disable_deepcopy=True,
+        )  # fmt: skip
+        gym.Wrapper.__init__(self, env)
         self.action_space = self.core.agent_action_space
         self.observation_space = self.core.observation_space
         self._base_action: np.ndarray | None = None
 
     def _observe(self, observation: Any) -> Any:
-        batch = _batch_of_one(observation)
+        batch = batch_of_one(observation)
         self._base_action = self.core.base_actions(batch)
-        return _row(self.core.augment(batch, self._base_action), 0)
+        return index_rows(self.core.augment(batch, self._base_action), 0)
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         if kwargs.get("seed") is not None:
@@ -192,11 +218,10 @@ class ResidualActionWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         if self._base_action is None:
             raise RuntimeError("ResidualActionWrapper.step() called before reset()")
-        env_actions, applied = self.core.combine(self._base_action, np.asarray(action)[None])
+        env_actions, applied, executed = self.core.combine(self._base_action, np.asarray(action)[None])
+        step_info = self.core.step_infos(self._base_action, env_actions, applied, executed)[0]
         obs, reward, terminated, truncated, info = self.env.step(env_actions[0])
-        base_env_action = self.core.base_policy.unscale_action(self._base_action)[0]
-        info = {**info, "env_action": env_actions[0], "base_action": base_env_action, "residual_applied": bool(applied[0])}
-        return self._observe(obs), reward, terminated, truncated, info
+        return self._observe(obs), reward, terminated, truncated, {**info, **step_info}
 
 
 class VecResidualActionWrapper(VecEnvWrapper):
@@ -223,8 +248,7 @@ class VecResidualActionWrapper(VecEnvWrapper):
         )  # fmt: skip
         super().__init__(venv, observation_space=self.core.observation_space, action_space=self.core.agent_action_space)
         self._base_actions: np.ndarray | None = None
-        self._env_actions: np.ndarray | None = None
-        self._applied: np.ndarray | None = None
+        self._step_infos: list[dict[str, Any]] | None = None
 
     def _observe(self, observations: Any) -> Any:
         self._base_actions = self.core.base_actions(observations)
@@ -236,17 +260,15 @@ class VecResidualActionWrapper(VecEnvWrapper):
     def step_async(self, actions: np.ndarray) -> None:
         if self._base_actions is None:
             raise RuntimeError("VecResidualActionWrapper.step_async() called before reset()")
-        self._env_actions, self._applied = self.core.combine(self._base_actions, actions)
-        self.venv.step_async(self._env_actions)
+        env_actions, applied, executed = self.core.combine(self._base_actions, actions)
+        self._step_infos = self.core.step_infos(self._base_actions, env_actions, applied, executed)
+        self.venv.step_async(env_actions)
 
     def step_wait(self) -> VecEnvStepReturn:
         obs, rewards, dones, infos = self.venv.step_wait()
-        assert self._base_actions is not None and self._env_actions is not None and self._applied is not None
-        base_env_actions = self.core.base_policy.unscale_action(self._base_actions)
-        for index, info in enumerate(infos):
-            info["env_action"] = self._env_actions[index]
-            info["base_action"] = base_env_actions[index]
-            info["residual_applied"] = bool(self._applied[index])
+        assert self._step_infos is not None
+        for info, step_info in zip(infos, self._step_infos, strict=True):
+            info.update(step_info)
         if self.core.append_base_action:
             self._augment_terminal_observations(infos)
         return self._observe(obs), rewards, dones, infos
@@ -257,14 +279,54 @@ class VecResidualActionWrapper(VecEnvWrapper):
         done = [index for index, info in enumerate(infos) if info.get("terminal_observation") is not None]
         if not done:
             return
-        terminal = [infos[index]["terminal_observation"] for index in done]
-        if isinstance(terminal[0], dict):
-            batch: Any = {key: np.stack([obs[key] for obs in terminal]) for key in terminal[0]}
-        else:
-            batch = np.stack(terminal)
+        batch = stack_rows([infos[index]["terminal_observation"] for index in done])
         augmented = self.core.augment(batch, self.core.base_actions(batch))
         for row, index in enumerate(done):
-            infos[index]["terminal_observation"] = _row(augmented, row)
+            infos[index]["terminal_observation"] = index_rows(augmented, row)
+
+
+def executed_residuals(actions: np.ndarray, infos: list[dict[str, Any]]) -> np.ndarray:
+    """
+    The actions to store for a step of ``len(infos)`` environments: each row replaced by the residual its
+    environment executed (``info["executed_residual"]``), where the residual wrapper reported one.
+
+    :param actions: the agent's (scaled) actions, as SB3 hands them to the replay buffer
+    :param infos: the step's infos
+    :return: shape (n_envs, action_dim)
+    """
+    stored = np.array(actions, dtype=np.float32, copy=True).reshape(len(infos), -1)
+    for row, info in enumerate(infos):
+        if EXECUTED_RESIDUAL_KEY in info:
+            stored[row] = np.asarray(info[EXECUTED_RESIDUAL_KEY], dtype=np.float32).reshape(-1)
+    return stored
+
+
+class _ExecutedResidualMixin:
+    """``add`` stores the residual the environment executed instead of the one the agent sampled."""
+
+    def add(
+        self,
+        obs: Any,
+        next_obs: Any,
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        super().add(obs, next_obs, executed_residuals(action, infos), reward, done, infos)  # type: ignore[misc]
+
+
+class ExecutedResidualReplayBuffer(_ExecutedResidualMixin, ReplayBuffer):
+    """
+    SB3 replay buffer for an off-policy agent on a residual wrapper with progressive exploration: a step on which the
+    residual was not applied is stored with the residual that was executed (zero), as Policy Decorator does, so that
+    the critic is never credited with an action the environment did not receive. Use
+    ``replay_buffer_class=ExecutedResidualReplayBuffer`` (``ExecutedResidualDictReplayBuffer`` for Dict observations).
+    """
+
+
+class ExecutedResidualDictReplayBuffer(_ExecutedResidualMixin, DictReplayBuffer):
+    """:class:`ExecutedResidualReplayBuffer` for Dict observation spaces."""
 
 
 # The residual agent starts at exactly zero correction: the shared helper, under the name the residual papers use.
