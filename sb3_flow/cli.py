@@ -1,4 +1,4 @@
-"""The ``sb3-flow`` command: collect, pretrain, evaluate, demo."""
+"""The ``sb3-flow`` command: collect, dataset, pretrain, offline, evaluate, demo."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -24,6 +24,8 @@ from sb3_flow.demo import DemoConfig
 from sb3_flow.registry import all_algorithms
 
 DEFAULT_ENV = "Pendulum-v1"
+# The algorithms that learn from a dataset and a critic, offline then online (`sb3-flow offline --algo`).
+OFFLINE_ALGORITHMS = ("fql", "fbrac")
 # What a user can cause with a wrong argument, file or environment: reported in one line, never as a traceback.
 # (Anything else is a bug in sb3-flow and keeps its traceback.)
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
@@ -80,6 +82,82 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+# ----- OGBench names: a short name (cube-single) or a full single-task dataset name -----
+
+# OGBench's default task of each manipulation environment (the task its `...-singletask-v0` ids evaluate, set in
+# ogbench/manipspace/envs/*_env.py where reward_task_id is 0), which the FQL paper reports as each environment's task.
+OGBENCH_DEFAULT_TASKS: dict[str, int] = {
+    "cube-single": 2,
+    "cube-double": 2,
+    "cube-triple": 2,
+    "cube-quadruple": 2,
+    "scene": 2,
+    "puzzle-3x3": 4,
+    "puzzle-4x4": 4,
+    "puzzle-4x5": 2,
+    "puzzle-4x6": 2,
+}
+OGBENCH_N_TASKS = 5  # every OGBench manipulation environment has evaluation tasks 1..5
+OGBENCH_DATASET_TYPES = ("play", "noisy")
+# The single-task environment id a gymnasium user would write (registered by `import ogbench`): the same environment.
+_OGBENCH_TASK_ENV_ID = re.compile(r"(?P<env>[a-z0-9x-]+?)-singletask(?:-task(?P<task>\d+))?-v0")
+
+
+def ogbench_dataset_name(name: str, task: int | None = None, dataset_type: str | None = None) -> str | None:
+    """
+    The full OGBench single-task dataset name that ``name`` means, or None when it is no OGBench name (a gymnasium id).
+
+    - a short name, ``cube-single``, ``scene``, ``puzzle-3x3``, ... (:data:`OGBENCH_DEFAULT_TASKS`): the ``play``
+      dataset (or ``dataset_type``) of OGBench's default task of that environment (or ``task``), e.g.
+      ``cube-single`` -> ``cube-single-play-singletask-task2-v0``, ``puzzle-3x3`` -> ``...-task4-v0``;
+    - a single-task environment id, ``cube-single-singletask-task3-v0``: the same environment, named by its
+      ``play`` (or ``dataset_type``) dataset;
+    - a full dataset name, ``cube-single-play-singletask-task2-v0``: as it is (it names its own task and type).
+
+    :param name: what the user wrote
+    :param task: the evaluation task (1..5) of a short name
+    :param dataset_type: "play" or "noisy" for a short name or an environment id (default: "play")
+    :raises ValueError: for an OGBench-looking name sb3-flow cannot use, a task out of range, or ``task`` /
+        ``dataset_type`` given with a full name that already says them
+    """
+    from sb3_flow.common.ogbench import parse_ogbench_name
+
+    if task is not None and not 1 <= task <= OGBENCH_N_TASKS:
+        raise ValueError(f"--task must be one of the OGBench tasks 1..{OGBENCH_N_TASKS}, got {task}")
+    if dataset_type is not None and dataset_type not in OGBENCH_DATASET_TYPES:
+        raise ValueError(f"the dataset type must be one of {OGBENCH_DATASET_TYPES}, got {dataset_type!r}")
+    found = _OGBENCH_TASK_ENV_ID.fullmatch(name)
+    if name in OGBENCH_DEFAULT_TASKS or (found is not None and found["env"] in OGBENCH_DEFAULT_TASKS):
+        env = name if found is None else found["env"]
+        if found is not None and found["task"] is not None:
+            if task is not None and task != int(found["task"]):
+                raise ValueError(f"{name} names task {found['task']}; --task {task} contradicts it")
+            task = int(found["task"])
+        task = OGBENCH_DEFAULT_TASKS[env] if task is None else task
+        return f"{env}-{dataset_type or 'play'}-singletask-task{task}-v0"
+    if "singletask" not in name.split("-"):
+        if task is not None or dataset_type is not None:
+            raise ValueError(
+                f"{name} is no OGBench name: --task and the dataset type apply to OGBench names "
+                f"({', '.join(OGBENCH_DEFAULT_TASKS)}, or full single-task dataset names)"
+            )
+        return None
+    parsed = parse_ogbench_name(name)  # a ValueError names what is wrong with it
+    if task is not None or (dataset_type is not None and dataset_type != parsed.dataset_type):
+        raise ValueError(f"{name} is a full OGBench dataset name: it sets the task and the dataset type itself")
+    return parsed.name
+
+
+def _add_ogbench_task(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task",
+        type=positive_int,
+        default=None,
+        help=f"OGBench evaluation task 1..{OGBENCH_N_TASKS} of a short OGBench name (default: OGBench's default task, "
+        "2 for cube and scene, 4 for puzzle-3x3 and puzzle-4x4)",
+    )
+
+
 # ----- the parser -----
 
 
@@ -134,10 +212,127 @@ def _add_pretrain(commands: Any) -> None:
     _add_common(pretrain)
 
 
+def _add_dataset(commands: Any) -> None:
+    dataset = commands.add_parser(
+        "dataset",
+        help="generate an offline RL dataset: OGBench manipulation data from its scripted oracles, made here",
+        formatter_class=_HelpFormatter,
+    )
+    dataset.add_argument("source", choices=("ogbench",), help="the generator")
+    dataset.add_argument(
+        "name",
+        help=f"a short name ({', '.join(OGBENCH_DEFAULT_TASKS)}: OGBench's default task, play data) or a full "
+        "single-task dataset name (cube-single-play-singletask-task2-v0)",
+    )
+    _add_ogbench_task(dataset)
+    dataset.add_argument(
+        "--dataset-type",
+        choices=OGBENCH_DATASET_TYPES,
+        default=None,
+        help="play: the noisy plan oracle, several random tasks per episode (the FQL paper's data); noisy: the closed-loop "
+        "oracle with action noise and random actions (default: play, or the full name's)",
+    )
+    dataset.add_argument(
+        "--episodes",
+        type=positive_int,
+        required=True,
+        help="episodes (the authors' datasets: 1000 for cube-single, cube-double, scene, puzzle-3x3 and puzzle-4x4, "
+        "3000 for cube-triple and puzzle-4x5, 5000 for cube-quadruple and puzzle-4x6)",
+    )
+    dataset.add_argument(
+        "--episode-length", type=positive_int, default=None, help="transitions per episode (default: 1000, the authors')"
+    )
+    dataset.add_argument(
+        "--noise", type=non_negative_float, default=None, help="the oracle's noise level (default: the authors' 0.1)"
+    )
+    dataset.add_argument("--out", default=None, help="output .npz (default: <full dataset name>.npz)")
+    _add_common(dataset)
+
+
+def _add_offline(commands: Any) -> None:
+    offline = commands.add_parser(
+        "offline",
+        help="offline RL from a dataset file (FQL or FBRAC), then optional online fine-tuning on the same buffer",
+        formatter_class=_HelpFormatter,
+    )
+    offline.add_argument("--algo", choices=OFFLINE_ALGORITHMS, default="fql", help="FQL, or the backprop-through-time FBRAC")
+    offline.add_argument(
+        "--env",
+        default=DEFAULT_ENV,
+        help="gymnasium environment id, or an OGBench name (short, e.g. cube-single, or a full single-task dataset name; "
+        "evaluated by success rate)",
+    )
+    _add_ogbench_task(offline)
+    offline.add_argument(
+        "--dataset", required=True, help="dataset .npz with rewards and terminations (sb3-flow collect or dataset)"
+    )
+    offline.add_argument("--steps", type=non_negative_int, default=10_000, help="offline gradient steps")
+    offline.add_argument(
+        "--online-steps",
+        type=non_negative_int,
+        default=0,
+        help="environment steps of online training afterwards, appended to the dataset's buffer (0: none)",
+    )
+    offline.add_argument(
+        "--alpha",
+        type=non_negative_float,
+        default=None,
+        help="FQL's distillation weight or FBRAC's BC weight (default: the algorithm's, FQL 10 and FBRAC 1; FQL's "
+        "authors: 300 on cube and scene, 1000 on puzzle)",
+    )
+    offline.add_argument(
+        "--normalize-q-loss",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="divide the policy's Q term by mean |Q| (default: the algorithm's, FQL off and FBRAC on)",
+    )
+    offline.add_argument("--q-agg", choices=("mean", "min"), default="mean", help="aggregation of the critics in the target")
+    offline.add_argument("--n-flow-steps", type=positive_int, default=10, help="integration steps K of the flow")
+    offline.add_argument(
+        "--net-arch",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        help="hidden sizes of the flow and the one-step policy (default: 512 512 512 512, FQL's)",
+    )
+    offline.add_argument(
+        "--critic-net-arch",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        help="hidden sizes of each Q network (default: --net-arch)",
+    )
+    offline.add_argument("--batch-size", type=positive_int, default=256, help="minibatch size")
+    offline.add_argument("--learning-rate", type=positive_float, default=3e-4, help="learning rate")
+    offline.add_argument(
+        "--learning-starts", type=non_negative_int, default=0, help="online: random-action steps before the first update"
+    )
+    offline.add_argument(
+        "--eval-freq",
+        type=non_negative_int,
+        default=0,
+        help="evaluate every N gradient steps offline and every N environment steps online (0: only at the end)",
+    )
+    offline.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes of each evaluation")
+    offline.add_argument("--tensorboard-log", default=None, help="tensorboard folder")
+    offline.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    offline.add_argument("--out", default=None, help="output model zip (default: <algo>.zip)")
+    offline.add_argument(
+        "--save-replay-buffer", default=None, help="also write the replay buffer (dataset and online transitions), a .pkl"
+    )
+    _add_common(offline)
+
+
 def _add_evaluate(commands: Any) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a saved model or policy", formatter_class=_HelpFormatter)
     evaluate.add_argument("path", help="model zip or saved policy")
-    evaluate.add_argument("--env", default=None, help=f"gymnasium environment id (default: the Zoo run's, else {DEFAULT_ENV})")
+    evaluate.add_argument(
+        "--env",
+        default=None,
+        help="gymnasium environment id, or an OGBench name (short or full: success rate, as OGBench counts it) "
+        f"(default: the Zoo run's, else {DEFAULT_ENV})",
+    )
+    _add_ogbench_task(evaluate)
     evaluate.add_argument(
         "--algo",
         choices=sorted(all_algorithms()),
@@ -201,7 +396,7 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_collect, _add_pretrain, _add_evaluate, _add_demo):
+    for add in (_add_collect, _add_dataset, _add_pretrain, _add_offline, _add_evaluate, _add_demo):
         add(commands)
     return parser
 
@@ -280,6 +475,36 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- dataset -----
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from sb3_flow.common.ogbench import collect_ogbench_dataset
+
+    name = ogbench_dataset_name(args.name, args.task, args.dataset_type)
+    if name is None:
+        raise ValueError(
+            f"{args.name} is no OGBench name: give a short name ({', '.join(OGBENCH_DEFAULT_TASKS)}) or a full "
+            "single-task dataset name such as cube-single-play-singletask-task2-v0"
+        )
+    out = args.out or f"{name}.npz"
+    _check_output(out, "--out")
+    length = args.episode_length or 1000
+    print(f"{args.name}: OGBench {name}, {args.episodes} episodes of {length} steps from its scripted oracles")
+    options = {} if args.noise is None else {"noise": args.noise}
+    data = collect_ogbench_dataset(
+        name, n_episodes=args.episodes, episode_length=length, seed=args.seed, progress_bar=True, **options
+    )
+    path = data.save(out)
+    solved = int(data.terminations.sum())
+    print(
+        f"wrote {path}: {len(data)} transitions, {data.n_episodes} episodes; the task is solved in {solved} rows "
+        f"({solved / len(data):.1%})"
+    )
+    print(f"train on it: sb3-flow offline --algo fql --env {name} --dataset {path}")
+    return 0
+
+
 # ----- pretrain -----
 
 
@@ -304,6 +529,124 @@ def _pretrain(args: argparse.Namespace) -> int:
     model.save(args.out)
     mean, std = model.evaluate(n_eval_episodes=10)
     print(f"wrote {with_suffix_if_missing(args.out, '.zip')}; evaluation over 10 episodes: {mean:.1f} ± {std:.1f}")
+    return 0
+
+
+# ----- offline -----
+
+
+class _OGBenchSuccessInfo(gym.Wrapper):
+    """Copies OGBench's ``info["success"]`` to ``info["is_success"]``, which SB3's EvalCallback logs as a success rate."""
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if "success" in info:
+            info = {**info, "is_success": bool(info["success"])}
+        return obs, reward, terminated, truncated, info
+
+
+def _make_env(env_id: str, ogbench_name: str | None) -> gym.Env:
+    """The environment named on the command line: OGBench's for an OGBench name, else ``gym.make``."""
+    if ogbench_name is None:
+        return gym.make(env_id)
+    from sb3_flow.common.ogbench import make_ogbench_env
+
+    return _OGBenchSuccessInfo(make_ogbench_env(ogbench_name))
+
+
+def _final_evaluation(model: BaseAlgorithm, args: argparse.Namespace, ogbench_name: str | None) -> str:
+    """One line: the OGBench success rate (as OGBench counts it), else the mean return on a fresh environment."""
+    episodes = args.eval_episodes
+    if ogbench_name is not None:
+        from sb3_flow.common.ogbench import ogbench_success_rate
+
+        rate = ogbench_success_rate(model, ogbench_name, n_episodes=episodes, seed=args.seed)
+        return f"success rate over {episodes} episodes: {rate:.0%}"
+    env = BaseAlgorithm._wrap_env(gym.make(args.env), verbose=0, monitor_wrapper=True)
+    env.seed(args.seed)
+    try:
+        mean, std = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True)
+    finally:
+        env.close()
+    return f"evaluation over {episodes} episodes: {mean:.1f} ± {std:.1f}"
+
+
+def _offline(args: argparse.Namespace) -> int:
+    from stable_baselines3.common.callbacks import EvalCallback
+    from stable_baselines3.common.monitor import Monitor
+
+    from sb3_flow.common.demonstrations import Demonstrations
+    from sb3_flow.registry import SB3_FLOW_ALGORITHMS
+
+    if args.steps == 0 and args.online_steps == 0:
+        raise ValueError("nothing to train: --steps and --online-steps are both 0")
+    out = args.out or f"{args.algo}.zip"
+    _check_output(out, "--out")
+    if args.save_replay_buffer:
+        _check_output(args.save_replay_buffer, "--save-replay-buffer")
+    ogbench_name = ogbench_dataset_name(args.env, args.task)
+    if ogbench_name is not None and ogbench_name != args.env:
+        print(f"{args.env}: OGBench {ogbench_name}")
+    data = Demonstrations.load(args.dataset)
+    summary = data.summary()
+    print(f"dataset {args.dataset}: {summary['n_transitions']} transitions, {summary['n_episodes']} episodes")
+    env = _make_env(args.env, ogbench_name)
+    options: dict[str, Any] = {}
+    if args.alpha is not None:
+        options["alpha"] = args.alpha
+    if args.normalize_q_loss is not None:
+        options["normalize_q_loss"] = args.normalize_q_loss
+    policy_kwargs: dict[str, Any] = {}
+    if args.net_arch is not None:
+        policy_kwargs["net_arch"] = list(args.net_arch)
+    if args.critic_net_arch is not None or args.net_arch is not None:
+        policy_kwargs["critic_net_arch"] = list(args.critic_net_arch or args.net_arch)
+    model = SB3_FLOW_ALGORITHMS[args.algo](
+        "MultiInputPolicy" if isinstance(env.observation_space, gym.spaces.Dict) else "MlpPolicy",
+        env,
+        dataset=data,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        q_agg=args.q_agg,
+        n_flow_steps=args.n_flow_steps,
+        learning_starts=args.learning_starts,
+        policy_kwargs=policy_kwargs,
+        tensorboard_log=args.tensorboard_log,
+        verbose=1 if args.eval_freq else 0,
+        seed=args.seed,
+        device=args.device,
+        **options,
+    )
+    eval_env = Monitor(_make_env(args.env, ogbench_name)) if args.eval_freq else None
+
+    def evaluations() -> EvalCallback | None:
+        # One per phase: offline it counts gradient steps, online environment steps.
+        if eval_env is None:
+            return None
+        return EvalCallback(eval_env, eval_freq=args.eval_freq, n_eval_episodes=args.eval_episodes, verbose=1)
+
+    try:
+        if args.steps:
+            model.learn_offline(args.steps, callback=evaluations(), progress_bar=True)
+        if args.online_steps:
+            model.learn(args.online_steps, callback=evaluations(), progress_bar=True)
+    finally:
+        if eval_env is not None:
+            eval_env.close()
+    model.save(out)
+    print(
+        f"wrote {with_suffix_if_missing(out, '.zip')}: {args.algo}, {model.n_offline_steps} offline gradient steps, "
+        f"{model.num_timesteps} environment steps"
+    )
+    if args.save_replay_buffer:
+        model.save_replay_buffer(args.save_replay_buffer)
+        buffer = model.replay_buffer
+        print(
+            f"wrote {with_suffix_if_missing(args.save_replay_buffer, '.pkl')}: the replay buffer, {buffer.n_offline} "
+            f"dataset and {buffer.n_online} online transitions"
+        )
+    print(_final_evaluation(model, args, ogbench_name))
+    model.get_env().close()
     return 0
 
 
@@ -408,9 +751,38 @@ def _check_spaces(loaded: Any, env: VecEnv, path: str, note: str) -> None:
         raise ValueError(f"{path}: {error}{hint}") from error
 
 
+def _evaluate_ogbench(args: argparse.Namespace, ogbench_name: str) -> int:
+    """A model or policy's OGBench success rate, as OGBench counts it (``ogbench_success_rate``)."""
+    from sb3_flow.common.ogbench import make_ogbench_env, ogbench_success_rate
+    from sb3_flow.registry import load_any
+
+    path = existing_file(args.path, ".zip", what="saved model or policy")
+    if _zoo_run_config(path, args.config) is not None:
+        raise ValueError(
+            f"{path} comes with an RL-Zoo run config, evaluated in its own environment and wrappers: leave --env out "
+            "(an OGBench name is evaluated on the raw OGBench environment)"
+        )
+    loaded, name = load_any(path, args.algo, device="cpu")
+    env = make_ogbench_env(ogbench_name)
+    try:
+        _check_spaces(loaded, env, path, "OGBench environment")
+    finally:
+        env.close()
+    rate = ogbench_success_rate(
+        loaded, ogbench_name, n_episodes=args.episodes, seed=args.seed, deterministic=not args.stochastic
+    )
+    print(f"{args.path} ({name}) on OGBench {ogbench_name}, {args.episodes} episodes: success rate {rate:.0%}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from sb3_flow.registry import load_any
 
+    ogbench_name = ogbench_dataset_name(args.env, args.task) if args.env else None
+    if args.task is not None and ogbench_name is None:
+        raise ValueError("--task applies to an OGBench environment: name one with --env")
+    if ogbench_name is not None:
+        return _evaluate_ogbench(args, ogbench_name)
     path = existing_file(args.path, ".zip", what="saved model or policy")
     loaded, name = load_any(path, args.algo, device="cpu")
     env, env_id, note = _evaluation_env(args, path)
@@ -470,7 +842,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _build_parser().parse_args(argv)
     set_torch_threads(args.threads)
-    handlers = {"collect": _collect, "pretrain": _pretrain, "evaluate": _evaluate, "demo": _demo}
+    handlers = {
+        "collect": _collect,
+        "dataset": _dataset,
+        "pretrain": _pretrain,
+        "offline": _offline,
+        "evaluate": _evaluate,
+        "demo": _demo,
+    }
     try:
         return handlers[args.command](args)
     except EXPECTED_ERRORS as error:

@@ -192,3 +192,14 @@ def test_bad_datasets_and_options_get_clear_errors(pendulum_demos):
         FQL("MlpPolicy", BimodalEnv(), dataset=bimodal_demonstrations(20), policy_kwargs=TINY).learn_offline(0)
     with pytest.raises(TypeError, match="Box action space"):
         FQL("MlpPolicy", "CartPole-v1")
+
+
+def test_the_policy_loss_reaches_the_actions_but_not_the_critic_weights():
+    model = FQL("MlpPolicy", BimodalEnv(), dataset=bimodal_demonstrations(100), batch_size=8, policy_kwargs=TINY, seed=0)
+    data = model.replay_buffer.sample(8)
+    model.policy.critic_optimizer.zero_grad(set_to_none=True)
+    loss, _ = model.actor_loss(data)
+    loss.backward()
+    assert all(parameter.grad is None for parameter in model.policy.critic.parameters())
+    assert all(parameter.requires_grad for parameter in model.policy.critic.parameters())
+    assert all(parameter.grad is not None for parameter in model.policy.actor.parameters())

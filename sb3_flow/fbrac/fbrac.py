@@ -107,12 +107,11 @@ class FBRAC(FlowOffPolicyAlgorithm):
         flow_loss = self.bc_flow_loss(data)
         # The gradient of Q flows back through every one of the K integration steps.
         actions = self.policy.flow_actions(data.observations, self.noise_draws(len(data.rewards)))
-        q_values = self.policy.q_values(data.observations, actions).mean(dim=0)
+        with self.policy.critic_frozen():
+            q_values = self.policy.q_values(data.observations, actions).mean(dim=0)
         q_loss = self.q_maximization_loss(q_values, self.normalize_q_loss)
         actor_loss = self.alpha * flow_loss + q_loss
         self.optimizer_step(self.policy.bc_policy.optimizer, actor_loss, "flow actor loss")
-        # The Q term's gradient reached the critic's parameters too: cleared, never stepped by this loss.
-        self.policy.critic_optimizer.zero_grad()
         return {
             "critic_loss": critic_loss.item(),
             "bc_flow_loss": flow_loss.item(),

@@ -136,7 +136,8 @@ class FQL(FlowOffPolicyAlgorithm):
             flow_actions = self.policy.flow_actions(data.observations, noise)
         actions = self.policy.one_step_actions(data.observations, noise)
         distill_loss = (actions - flow_actions).pow(2).mean()
-        q_values = self.policy.q_values(data.observations, actions.clamp(-1.0, 1.0)).mean(dim=0)
+        with self.policy.critic_frozen():
+            q_values = self.policy.q_values(data.observations, actions.clamp(-1.0, 1.0)).mean(dim=0)
         q_loss = self.q_maximization_loss(q_values, self.normalize_q_loss)
         logs = {"distill_loss": distill_loss.item(), "q_loss": q_loss.item(), "q_policy": q_values.mean().item()}
         return self.alpha * distill_loss + q_loss, logs
@@ -150,7 +151,5 @@ class FQL(FlowOffPolicyAlgorithm):
         flow_loss = self.bc_flow_loss(data)
         self.optimizer_step(self.policy.bc_policy.optimizer, flow_loss, "BC flow loss")
         actor_loss, logs = self.actor_loss(data)
-        # The Q term's gradient reaches the critic's parameters too: cleared here, never stepped by this loss.
         self.optimizer_step(self.policy.actor_optimizer, actor_loss, "one-step policy loss")
-        self.policy.critic_optimizer.zero_grad()
         return {"critic_loss": critic_loss.item(), "bc_flow_loss": flow_loss.item(), "actor_loss": actor_loss.item(), **logs}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch as th
@@ -139,6 +141,21 @@ class FlowQPolicy(BoxActionPolicy):
         """
         critic = self.critic_target if target else self.critic
         return critic["q_networks"](self.extract_features(obs, critic["features_extractor"]), actions)
+
+    @contextlib.contextmanager
+    def critic_frozen(self) -> Iterator[None]:
+        """
+        The critic's parameters do not require gradients inside the block: a policy loss backpropagates through Q to
+        the actions without computing (and then discarding) gradients for the critic's weights.
+        """
+        parameters = [parameter for parameter in self.critic.parameters() if parameter.requires_grad]
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for parameter in parameters:
+                parameter.requires_grad_(True)
 
     def flow_actions(self, obs: PyTorchObs, noise: th.Tensor) -> th.Tensor:
         """The BC flow's K-step Euler integral from ``noise``, clipped to [-1, 1] (differentiable)."""

@@ -17,11 +17,12 @@ from typing import Any
 
 from sb3_flow.registry import ZOO_ALGORITHMS, zoo_algorithms
 from sb3_flow.zoo.hyperparams import (
-    BasePolicyNotFoundError,
-    absolute_base_policies,
+    ConfigPathNotFoundError,
+    ConfigValueError,
     config_dir,
     packaged_configs,
     resolve_config_file,
+    sb3_flow_hyperparameters,
 )
 from sb3_flow.zoo.samplers import SAMPLERS
 
@@ -182,13 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     saved_argv = sys.argv
     sys.argv = [f"sb3_flow.zoo {command}", *rest]
-    # Only train and tune read a config's hyperparameters; the other commands replay the run's saved config.yml.
-    paths = absolute_base_policies() if command in ("train", "tune") else contextlib.nullcontext()
+    # Only train and tune read a config's hyperparameters (paths made absolute, offline_steps as a callback); the other
+    # commands replay the run's saved config.yml.
+    hyperparameters = sb3_flow_hyperparameters() if command in ("train", "tune") else contextlib.nullcontext()
     try:
-        with paths:
+        with hyperparameters:
             entry_point()
         return 0
-    except BasePolicyNotFoundError as error:
+    except (ConfigPathNotFoundError, ConfigValueError) as error:
         print(f"python -m sb3_flow.zoo {command}: error: {error}", file=sys.stderr)
         return 2
     finally:

@@ -1,6 +1,7 @@
 """
-The Zoo's hyperparameter files as sb3-flow ships and reads them: packaged configs found by short name, and base-policy
-paths resolved against the working directory once and recorded absolute, so that a run can be replayed from anywhere.
+The Zoo's hyperparameter files as sb3-flow ships and reads them: packaged configs found by short name; base-policy and
+dataset paths resolved against the working directory once and recorded absolute, so that a run can be replayed from
+anywhere; ``offline_steps`` turned into offline pretraining before the online run.
 """
 
 from __future__ import annotations
@@ -10,17 +11,37 @@ import copy
 import os
 from collections.abc import Iterator
 from pathlib import Path
+import inspect
 from typing import Any
+
+from sb3_flow.common.utils import check_positive_int
 
 # Keys whose value is a saved base policy's path: the algorithms' own option and the wrappers' keyword argument.
 BASE_POLICY_KEY = "base_policy"
+# The offline dataset (a Demonstrations .npz) of the algorithms that learn from one (FQL, FBRAC): their ``dataset=``.
+DATASET_KEY = "dataset"
+# Offline gradient steps before the online run: not a constructor argument, it becomes this callback (run first).
+OFFLINE_STEPS_KEY = "offline_steps"
+OFFLINE_PRETRAINING_CALLBACK = "sb3_flow.zoo.callbacks.OfflinePretraining"
 # Hyperparameters that list wrappers as the Zoo writes them: a name, or {name: {keyword arguments}}, or a list of those.
 WRAPPER_KEYS = ("env_wrapper", "vec_env_wrapper")
 CONFIG_SUFFIXES = (".yml", ".yaml", ".py")
 
 
-class BasePolicyNotFoundError(FileNotFoundError):
+class ConfigPathNotFoundError(FileNotFoundError):
+    """A config names a file (a base policy, a dataset) that does not exist (raised before any environment is built)."""
+
+
+class BasePolicyNotFoundError(ConfigPathNotFoundError):
     """A config names a base policy file that does not exist (raised before any environment is built)."""
+
+
+class DatasetNotFoundError(ConfigPathNotFoundError):
+    """A config names a dataset file that does not exist (raised before any environment is built)."""
+
+
+class ConfigValueError(ValueError):
+    """A hyperparameter sb3-flow reads has a value, or is given to an algorithm, it cannot be used with."""
 
 
 def config_dir() -> Path:
@@ -59,17 +80,23 @@ def resolve_config_file(value: str) -> str:
     return value
 
 
-def _absolute_base_policy(value: Any, where: str) -> Any:
-    """An existing base policy file's absolute path (``.zip`` may be left out, as ``save`` writes it)."""
+def _absolute_file(value: Any, where: str, key: str, suffix: str, error: type[ConfigPathNotFoundError]) -> Any:
+    """An existing file's absolute path (``suffix`` may be left out, as the writers add it)."""
     if not isinstance(value, (str, os.PathLike)):
         return value  # an object given through --hyperparams: nothing to resolve
-    for candidate in (os.fspath(value), f"{os.fspath(value)}.zip"):
+    for candidate in (os.fspath(value), f"{os.fspath(value)}{suffix}"):
         if os.path.isfile(candidate):
             return os.path.abspath(candidate)
-    raise BasePolicyNotFoundError(
-        f"{where}: base policy {os.fspath(value)!r} not found in {os.getcwd()} (a relative base_policy path is read "
+    what = key.replace("_", " ")
+    raise error(
+        f"{where}: {what} {os.fspath(value)!r} not found in {os.getcwd()} (a relative {key} path is read "
         "from the working directory: run from the folder that holds it, or write an absolute path)"
     )
+
+
+def _absolute_base_policy(value: Any, where: str) -> Any:
+    """An existing base policy file's absolute path (``.zip`` may be left out, as ``save`` writes it)."""
+    return _absolute_file(value, where, BASE_POLICY_KEY, ".zip", BasePolicyNotFoundError)
 
 
 def _resolve_wrappers(entry: Any, where: str) -> Any:
@@ -86,39 +113,89 @@ def _resolve_wrappers(entry: Any, where: str) -> Any:
     return entry
 
 
-def resolve_base_policies(hyperparams: dict[str, Any], where: str) -> dict[str, Any]:
+def resolve_paths(hyperparams: dict[str, Any], where: str) -> dict[str, Any]:
     """
     A copy of one environment's hyperparameters with every base policy path (the algorithm's ``base_policy`` and the
-    wrappers' ``base_policy`` keyword) made absolute, so that the run's saved ``config.yml`` works from any folder.
+    wrappers' ``base_policy`` keyword) and the ``dataset`` path made absolute, so that the run's saved ``config.yml``
+    works from any folder.
 
     :param hyperparams: the hyperparameters (the mapping type is kept: the Zoo saves an ordered copy)
     :param where: the config file and entry, for the error message
-    :raises BasePolicyNotFoundError: naming the config and the folder searched, when a base policy file is missing
+    :raises ConfigPathNotFoundError: naming the config and the folder searched, when a base policy or dataset file is
+        missing
     """
     resolved = copy.copy(hyperparams)
     if BASE_POLICY_KEY in resolved:
         resolved[BASE_POLICY_KEY] = _absolute_base_policy(resolved[BASE_POLICY_KEY], where)
+    if DATASET_KEY in resolved:
+        resolved[DATASET_KEY] = _absolute_file(resolved[DATASET_KEY], where, DATASET_KEY, ".npz", DatasetNotFoundError)
     for key in WRAPPER_KEYS:
         if key in resolved:
             resolved[key] = _resolve_wrappers(resolved[key], f"{where}, {key}")
     return resolved
 
 
-@contextlib.contextmanager
-def absolute_base_policies() -> Iterator[None]:
+def check_offline_keys(hyperparams: dict[str, Any], algorithm: type | None, algo: str, where: str) -> None:
     """
-    While active, the Zoo's ``ExperimentManager.read_hyperparameters`` resolves base policy paths: it runs first in
-    ``setup_experiment``, before any environment or log folder is made, and its second result is what the Zoo writes
-    to the run's ``config.yml``.
+    ``dataset`` and ``offline_steps`` only for an algorithm that takes a dataset and learns offline (FQL, FBRAC): any
+    other would fail later, after the environments are made, with a less direct message.
+
+    :raises ConfigValueError: naming the config, the key and the algorithm
+    """
+    if algorithm is None:
+        return
+    if DATASET_KEY in hyperparams and DATASET_KEY not in inspect.signature(algorithm).parameters:
+        raise ConfigValueError(f"{where}: {algo} takes no {DATASET_KEY} (the algorithms that learn from one: fql, fbrac)")
+    if OFFLINE_STEPS_KEY in hyperparams and not callable(getattr(algorithm, "learn_offline", None)):
+        raise ConfigValueError(f"{where}: {algo} does not learn offline, so {OFFLINE_STEPS_KEY} cannot apply (fql, fbrac do)")
+
+
+def with_offline_pretraining(hyperparams: dict[str, Any], where: str) -> dict[str, Any]:
+    """
+    A copy of one environment's hyperparameters where ``offline_steps: N`` has become the first callback,
+    :class:`~sb3_flow.zoo.callbacks.OfflinePretraining` with ``n_gradient_steps=N`` (``learn_offline(N)`` when the
+    online run starts, in ``train`` and in every ``tune`` trial); 0 removes the key and adds nothing. The hyperparameters
+    the Zoo saves keep ``offline_steps`` as written.
+
+    :param hyperparams: the hyperparameters the model is built from
+    :param where: the config file and entry, for the error message
+    :raises ConfigValueError: for a count that is not an integer >= 0
+    """
+    if OFFLINE_STEPS_KEY not in hyperparams:
+        return hyperparams
+    resolved = copy.copy(hyperparams)
+    steps = resolved.pop(OFFLINE_STEPS_KEY)
+    if isinstance(steps, float) and steps.is_integer():
+        steps = int(steps)  # YAML reads 1e6 as a float
+    try:
+        steps = check_positive_int(steps, OFFLINE_STEPS_KEY, minimum=0)
+    except ValueError as error:
+        raise ConfigValueError(f"{where}: {error}") from None
+    if steps:
+        callbacks = resolved.get("callback") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        resolved["callback"] = [{OFFLINE_PRETRAINING_CALLBACK: {"n_gradient_steps": steps, "verbose": 1}}, *callbacks]
+    return resolved
+
+
+@contextlib.contextmanager
+def sb3_flow_hyperparameters() -> Iterator[None]:
+    """
+    While active, the Zoo's ``ExperimentManager.read_hyperparameters`` resolves base policy and dataset paths, checks
+    the offline keys and turns ``offline_steps`` into its callback: it runs first in ``setup_experiment``, before any
+    environment or log folder is made, and its second result is what the Zoo writes to the run's ``config.yml``.
     """
     from rl_zoo3.exp_manager import ExperimentManager
+    from rl_zoo3.utils import ALGOS
 
     original = ExperimentManager.read_hyperparameters
 
     def read_hyperparameters(self: ExperimentManager) -> tuple[dict[str, Any], dict[str, Any]]:
         hyperparams, saved_hyperparams = original(self)
         where = f"{self.config} ({self.env_name.gym_id} entry)"
-        return resolve_base_policies(hyperparams, where), resolve_base_policies(saved_hyperparams, where)
+        check_offline_keys(hyperparams, ALGOS.get(self.algo), self.algo, where)
+        hyperparams = with_offline_pretraining(resolve_paths(hyperparams, where), where)
+        return hyperparams, resolve_paths(saved_hyperparams, where)
 
     ExperimentManager.read_hyperparameters = read_hyperparameters  # type: ignore[method-assign]
     try:
