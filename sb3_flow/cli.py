@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -148,13 +150,22 @@ def ogbench_dataset_name(name: str, task: int | None = None, dataset_type: str |
     return parsed.name
 
 
+def _quiet_ogbench() -> None:
+    """
+    Silence the two warnings every OGBench session prints that say nothing about the user's run: glfw's (no display,
+    while nothing is rendered) and gymnasium's on OGBench's float64 action-space bounds cast to float32.
+    """
+    warnings.filterwarnings("ignore", message=r".*The DISPLAY environment variable is missing")
+    warnings.filterwarnings("ignore", message=r".*Box (low|high)'s precision lowered by casting to float32")
+
+
 def _add_ogbench_task(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task",
         type=positive_int,
         default=None,
         help=f"OGBench evaluation task 1..{OGBENCH_N_TASKS} of a short OGBench name (default: OGBench's default task, "
-        "2 for cube and scene, 4 for puzzle-3x3 and puzzle-4x4)",
+        "4 for puzzle-3x3 and puzzle-4x4, 2 for the others)",
     )
 
 
@@ -266,7 +277,12 @@ def _add_offline(commands: Any) -> None:
     offline.add_argument(
         "--dataset", required=True, help="dataset .npz with rewards and terminations (sb3-flow collect or dataset)"
     )
-    offline.add_argument("--steps", type=non_negative_int, default=10_000, help="offline gradient steps")
+    offline.add_argument(
+        "--steps",
+        type=non_negative_int,
+        default=10_000,
+        help="offline gradient steps (0: online only, the dataset in the buffer)",
+    )
     offline.add_argument(
         "--online-steps",
         type=non_negative_int,
@@ -487,6 +503,7 @@ def _dataset(args: argparse.Namespace) -> int:
             f"{args.name} is no OGBench name: give a short name ({', '.join(OGBENCH_DEFAULT_TASKS)}) or a full "
             "single-task dataset name such as cube-single-play-singletask-task2-v0"
         )
+    _quiet_ogbench()
     out = args.out or f"{name}.npz"
     _check_output(out, "--out")
     length = args.episode_length or 1000
@@ -585,8 +602,10 @@ def _offline(args: argparse.Namespace) -> int:
     if args.save_replay_buffer:
         _check_output(args.save_replay_buffer, "--save-replay-buffer")
     ogbench_name = ogbench_dataset_name(args.env, args.task)
-    if ogbench_name is not None and ogbench_name != args.env:
-        print(f"{args.env}: OGBench {ogbench_name}")
+    if ogbench_name is not None:
+        _quiet_ogbench()
+        if ogbench_name != args.env:
+            print(f"{args.env}: OGBench {ogbench_name}")
     data = Demonstrations.load(args.dataset)
     summary = data.summary()
     print(f"dataset {args.dataset}: {summary['n_transitions']} transitions, {summary['n_episodes']} episodes")
@@ -684,6 +703,14 @@ def _wrapper_names(hyperparams: dict[str, Any]) -> list[str]:
     return [(next(iter(entry)) if isinstance(entry, dict) else str(entry)).rsplit(".", 1)[-1] for entry in entries]
 
 
+def _applied(hyperparams: dict[str, Any]) -> list[str]:
+    """What a Zoo run applies around its environment: wrappers, normalization, frame stacking."""
+    applied = [*_wrapper_names(hyperparams), *(["VecNormalize"] if hyperparams.get("normalize") else [])]
+    if hyperparams.get("frame_stack"):
+        applied.append(f"{hyperparams['frame_stack']} stacked frames")
+    return applied
+
+
 def _zoo_env(config: Path, env_id: str | None, seed: int) -> tuple[VecEnv, str, str]:
     """
     The environment an RL-Zoo run was trained in, built from its saved files by the Zoo's own ``create_test_env``
@@ -704,10 +731,10 @@ def _zoo_env(config: Path, env_id: str | None, seed: int) -> tuple[VecEnv, str, 
     run_args: dict[str, Any] = {}
     if (stats_path / "args.yml").is_file():
         run_args = dict(yaml.load((stats_path / "args.yml").read_text(), Loader=yaml.UnsafeLoader))
+    for module in run_args.get("gym_packages") or []:
+        importlib.import_module(module)  # registers the run's environment id, as the run's --gym-packages did
     env_id = env_id or str(run_args.get("env") or DEFAULT_ENV)
-    applied = [*_wrapper_names(hyperparams), *(["VecNormalize"] if hyperparams.get("normalize") else [])]
-    if hyperparams.get("frame_stack"):
-        applied.append(f"{hyperparams['frame_stack']} stacked frames")
+    applied = _applied(hyperparams)
     env = create_test_env(
         env_id,
         n_envs=1,
@@ -745,8 +772,9 @@ def _check_spaces(loaded: Any, env: VecEnv, path: str, note: str) -> None:
         hint = ""
         if note == "raw environment":
             hint = (
-                " (a model trained inside an env_wrapper, e.g. with the Zoo's sac_dsrl or sac_residual config, is "
-                "evaluated inside it: pass its run's <run>/<env>/config.yml with --config)"
+                " (name the model's environment with --env; a model trained inside an env_wrapper, e.g. with the Zoo's "
+                "sac_dsrl or sac_residual config, is evaluated inside it: pass its run's <run>/<env>/config.yml with "
+                "--config)"
             )
         raise ValueError(f"{path}: {error}{hint}") from error
 
@@ -757,11 +785,22 @@ def _evaluate_ogbench(args: argparse.Namespace, ogbench_name: str) -> int:
     from sb3_flow.registry import load_any
 
     path = existing_file(args.path, ".zip", what="saved model or policy")
-    if _zoo_run_config(path, args.config) is not None:
-        raise ValueError(
-            f"{path} comes with an RL-Zoo run config, evaluated in its own environment and wrappers: leave --env out "
-            "(an OGBench name is evaluated on the raw OGBench environment)"
-        )
+    config = _zoo_run_config(path, args.config)
+    if config is not None:
+        # A Zoo run trained on the raw OGBench environment (fql_offline.yml) is scored here; one trained inside
+        # wrappers or normalization would be scored wrongly on the raw environment.
+        try:
+            from rl_zoo3.utils import get_saved_hyperparams
+        except ImportError as error:
+            raise ImportError(
+                f"{config} is an RL-Zoo run's config; reading it needs rl_zoo3: pip install 'sb3-flow[zoo]'"
+            ) from error
+        applied = _applied(get_saved_hyperparams(str(config.parent), norm_reward=False, test_mode=True)[0])
+        if applied:
+            raise ValueError(
+                f"{config}: the run applies {', '.join(applied)} around its environment, and an OGBench success rate "
+                "is measured on the raw environment; evaluate the run without an OGBench --env"
+            )
     loaded, name = load_any(path, args.algo, device="cpu")
     env = make_ogbench_env(ogbench_name)
     try:
@@ -782,6 +821,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.task is not None and ogbench_name is None:
         raise ValueError("--task applies to an OGBench environment: name one with --env")
     if ogbench_name is not None:
+        _quiet_ogbench()
         return _evaluate_ogbench(args, ogbench_name)
     path = existing_file(args.path, ".zip", what="saved model or policy")
     loaded, name = load_any(path, args.algo, device="cpu")

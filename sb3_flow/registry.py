@@ -42,9 +42,10 @@ SB3_FLOW_ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
 SB3_ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "td3": TD3, "a2c": A2C, "ddpg": DDPG}
 POLICY_CLASSES: tuple[type[BasePolicy], ...] = (FlowPolicy, GaussianPolicy)
 
-# The sb3-flow algorithms the RL-Zoo can train from an environment id and a YAML of hyperparameters alone. Not the BC
-# trainers: they learn from a demonstrations file. (An algorithm added above joins here only once the Zoo can run it.)
-ZOO_ALGORITHMS: tuple[str, ...] = ("flow_ppo", "reinflow", "dsrl_na")
+# The sb3-flow algorithms the RL-Zoo can train from an environment id and a YAML of hyperparameters alone (FQL and
+# FBRAC online from scratch, or with a `dataset:` and `offline_steps:` in the YAML). Not the BC trainers: they learn
+# from a demonstrations file only. (An algorithm added above joins here only once the Zoo can run it.)
+ZOO_ALGORITHMS: tuple[str, ...] = ("flow_ppo", "reinflow", "dsrl_na", "fql", "fbrac")
 
 
 def all_algorithms() -> dict[str, type[BaseAlgorithm]]:

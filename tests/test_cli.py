@@ -1,14 +1,16 @@
-"""The sb3-flow command line: collect -> pretrain -> evaluate, the demo, and its error messages."""
+"""The sb3-flow command line: collect / dataset -> pretrain / offline -> evaluate, the demo, and its error messages."""
 
 import json
+import sys
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
 from stable_baselines3 import SAC
 
-from sb3_flow import DSRLNA, FlowBC, FlowPPO, GaussianBC, ReinFlow
-from sb3_flow.cli import main
+from sb3_flow import DSRLNA, FBRAC, FQL, FlowBC, FlowPPO, GaussianBC, ReinFlow
+from sb3_flow.cli import main, ogbench_dataset_name
 from sb3_flow.common.demonstrations import Demonstrations
 from sb3_flow.common.experts import expert_cache_path, train_expert
 from sb3_flow.common.files import SAVED_BY_KEY
@@ -149,6 +151,9 @@ def saved_models(tmp_path_factory, pendulum_demos):
     def small():
         return {"net_arch": [8]}  # one dict per model: SB3's off-policy constructor writes use_sde into the one it gets
 
+    def tiny_flow_q():
+        return {"net_arch": [8], "critic_net_arch": [8]}
+
     flow_bc = FlowBC("MlpPolicy", "Pendulum-v1", pendulum_demos, n_flow_steps=2, policy_kwargs=small()).learn(2)
     models = {
         "flow_bc": flow_bc,
@@ -156,6 +161,8 @@ def saved_models(tmp_path_factory, pendulum_demos):
         "flow_ppo": FlowPPO("MlpPolicy", "Pendulum-v1", n_steps=16, batch_size=16, n_flow_steps=2, policy_kwargs=small()),
         "reinflow": ReinFlow("MlpPolicy", "Pendulum-v1", n_steps=16, batch_size=16, n_flow_steps=2, policy_kwargs=small()),
         "dsrl_na": DSRLNA("MlpPolicy", "Pendulum-v1", base_policy=flow_bc, buffer_size=10, policy_kwargs=small()),
+        "fql": FQL("MlpPolicy", "Pendulum-v1", buffer_size=10, n_flow_steps=2, policy_kwargs=tiny_flow_q()),
+        "fbrac": FBRAC("MlpPolicy", "Pendulum-v1", buffer_size=10, n_flow_steps=2, policy_kwargs=tiny_flow_q()),
     }
     paths = {}
     for name, model in models.items():
@@ -185,7 +192,7 @@ def test_detection_tells_apart_sb3_algorithms_that_share_a_policy(name, tmp_path
     assert loaded_as == name and type(loaded) is algorithm
 
 
-@pytest.mark.parametrize("name", ["flow_bc", "gaussian_bc", "flow_ppo", "reinflow", "dsrl_na"])
+@pytest.mark.parametrize("name", ["flow_bc", "gaussian_bc", "flow_ppo", "reinflow", "dsrl_na", "fql", "fbrac"])
 def test_detection_of_sb3_flow_models_with_and_without_the_saved_by_record(name, saved_models, tmp_path):
     assert detect_algorithm(saved_models[name]) == name
     # Files that do not record their algorithm are told apart by their policy class and saved settings.
@@ -301,3 +308,167 @@ def test_collect_says_whether_it_trained_or_loaded_the_cached_expert(tmp_path, c
     assert main(argv) == 0
     second = capsys.readouterr().out
     assert f"loaded the cached sac expert from {cache}" in second and "train" not in second
+
+
+# ----- offline RL: dataset (OGBench), offline (FQL / FBRAC, then online), evaluate (success rate on OGBench) -----
+
+TINY_OFFLINE = ["--net-arch", "8", "--batch-size", "32", "--n-flow-steps", "2", "--eval-episodes", "1"]
+
+
+@pytest.fixture(scope="module")
+def pendulum_dataset(tmp_path_factory, pendulum_demos):
+    """The 20-episode Pendulum dataset (4000 transitions, rewards and terminations) as a file."""
+    return pendulum_demos.save(tmp_path_factory.mktemp("offline") / "pendulum.npz")
+
+
+def test_offline_then_online_writes_the_model_and_the_buffer(tmp_path, pendulum_dataset, pendulum_demos, capsys):
+    model_path, buffer_path = tmp_path / "fql.zip", tmp_path / "buffer.pkl"
+    argv = ["offline", "--algo", "fql", "--dataset", pendulum_dataset, "--steps", "20", "--online-steps", "30"]
+    argv += ["--alpha", "3", "--normalize-q-loss", *TINY_OFFLINE, "--out", str(model_path)]
+    assert main([*argv, "--save-replay-buffer", str(buffer_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(pendulum_demos)} transitions, 20 episodes" in out
+    assert "fql, 20 offline gradient steps, 30 environment steps" in out
+    assert f"{len(pendulum_demos)} dataset and 30 online transitions" in out
+    assert "evaluation over 1 episodes: " in out
+    model = FQL.load(model_path, env="Pendulum-v1")
+    assert model.n_offline_steps == 20 and model.num_timesteps == 30 and model._n_updates == 50
+    assert model.alpha == 3.0 and model.normalize_q_loss and model.batch_size == 32
+    assert model.policy.net_arch == [8] and model.policy.critic_net_arch == [8] and model.policy.n_flow_steps == 2
+    model.load_replay_buffer(buffer_path)
+    buffer = model.replay_buffer
+    assert buffer.n_offline == len(pendulum_demos) and buffer.n_online == 30
+    for row in (0, -1):  # the dataset exactly, in order, before the online transitions
+        np.testing.assert_allclose(np.asarray(buffer.offline.observations[row]), pendulum_demos.observations[row])
+        np.testing.assert_allclose(np.asarray(buffer.offline.rewards[row, 0]), pendulum_demos.rewards[row])
+
+
+def test_offline_fbrac_evaluates_during_pretraining_and_keeps_its_options(tmp_path, pendulum_dataset, capsys):
+    model_path = tmp_path / "fbrac.zip"
+    argv = ["offline", "--algo", "fbrac", "--dataset", pendulum_dataset, "--steps", "20", "--eval-freq", "10"]
+    argv += ["--no-normalize-q-loss", *TINY_OFFLINE, "--critic-net-arch", "16", "--q-agg", "min", "--out", str(model_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    # EvalCallback every 10 gradient steps while offline (num_timesteps counts gradient steps there).
+    assert "Eval num_timesteps=10," in out and "Eval num_timesteps=20," in out
+    assert "fbrac, 20 offline gradient steps, 0 environment steps" in out
+    model = FBRAC.load(model_path, env="Pendulum-v1")
+    assert model.n_offline_steps == 20 and model.num_timesteps == 0
+    assert not model.normalize_q_loss  # FBRAC's own default is True: the flag turned it off
+    assert model.alpha == 1.0 and model.q_agg == "min"
+    assert model.policy.net_arch == [8] and model.policy.critic_net_arch == [16]
+
+
+@pytest.mark.parametrize("name", ["fql", "fbrac"])
+def test_evaluate_labels_fql_and_fbrac_models(name, saved_models, capsys):
+    assert main(["evaluate", str(saved_models[name]), "--episodes", "1"]) == 0
+    assert f"({name}) on Pendulum-v1" in capsys.readouterr().out
+
+
+def test_ogbench_short_names():
+    name = "cube-single-play-singletask-task2-v0"
+    assert ogbench_dataset_name("cube-single") == name  # OGBench's (and the FQL paper's) default task
+    assert ogbench_dataset_name("cube-single", task=3) == "cube-single-play-singletask-task3-v0"
+    assert ogbench_dataset_name("puzzle-3x3") == "puzzle-3x3-play-singletask-task4-v0"
+    assert ogbench_dataset_name("scene", dataset_type="noisy") == "scene-noisy-singletask-task2-v0"
+    assert ogbench_dataset_name(name) == name
+    assert ogbench_dataset_name("puzzle-4x4-noisy-singletask-v0") == "puzzle-4x4-noisy-singletask-v0"
+    # The single-task environment id (what gymnasium registers) names the same environment.
+    assert ogbench_dataset_name("cube-double-singletask-task5-v0") == "cube-double-play-singletask-task5-v0"
+    assert ogbench_dataset_name("cube-double-singletask-v0") == "cube-double-play-singletask-task2-v0"
+    assert ogbench_dataset_name("Pendulum-v1") is None and ogbench_dataset_name("HalfCheetah-v5") is None
+    cases = [
+        ("cube-single", {"task": 6}, "tasks 1..5"),
+        (name, {"task": 3}, "sets the task and the dataset type itself"),
+        ("cube-single-singletask-task3-v0", {"task": 2}, "contradicts"),
+        ("Pendulum-v1", {"task": 2}, "is no OGBench name"),
+        ("visual-cube-single-play-singletask-task2-v0", {}, "pixel-based"),
+    ]
+    for text, options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ogbench_dataset_name(text, **options)
+
+
+@pytest.fixture
+def fake_ogbench(monkeypatch):
+    """OGBench's environment and success rate replaced by Pendulum and a recorder: the CLI's routing, without ogbench."""
+    import gymnasium as gym
+
+    from sb3_flow.common import ogbench
+
+    calls = []
+
+    def success_rate(policy, env_name, n_episodes=10, seed=0, deterministic=True):
+        calls.append({"policy": policy, "env_name": env_name, "n_episodes": n_episodes, "deterministic": deterministic})
+        return 0.5
+
+    monkeypatch.setattr(ogbench, "make_ogbench_env", lambda name: gym.make("Pendulum-v1"))
+    monkeypatch.setattr(ogbench, "ogbench_success_rate", success_rate)
+    return calls
+
+
+def test_offline_and_evaluate_report_the_ogbench_success_rate(tmp_path, pendulum_dataset, saved_models, fake_ogbench, capsys):
+    model_path = tmp_path / "fql.zip"
+    argv = ["offline", "--env", "cube-single", "--task", "3", "--dataset", pendulum_dataset, "--steps", "5"]
+    assert main([*argv, *TINY_OFFLINE, "--out", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cube-single: OGBench cube-single-play-singletask-task3-v0" in out
+    assert "success rate over 1 episodes: 50%" in out and "evaluation over" not in out
+    (call,) = fake_ogbench
+    assert call["env_name"] == "cube-single-play-singletask-task3-v0" and isinstance(call["policy"], FQL)
+    assert call["n_episodes"] == 1 and call["deterministic"]
+
+    assert main(["evaluate", str(saved_models["flow_bc"]), "--env", "cube-single", "--episodes", "4", "--stochastic"]) == 0
+    out = capsys.readouterr().out
+    assert "(flow_bc) on OGBench cube-single-play-singletask-task2-v0, 4 episodes: success rate 50%" in out
+    assert fake_ogbench[-1]["n_episodes"] == 4 and not fake_ogbench[-1]["deterministic"]
+
+
+def test_dataset_ogbench_writes_play_data_and_says_how_often_the_task_is_solved(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # glfw warns that there is no display
+        pytest.importorskip("ogbench")
+    out_path = tmp_path / "cube.npz"
+    # 120 steps from seed 0: the episode passes through task 2's goal, so both kinds of rows are there.
+    argv = ["dataset", "ogbench", "cube-single", "--episodes", "1", "--episode-length", "120", "--out", str(out_path)]
+    assert main(argv) == 0
+    data = Demonstrations.load(out_path)
+    assert len(data) == 120 and data.n_episodes == 1
+    assert data.observations.shape == (120, 28) and data.actions.shape == (120, 5)
+    solved = int(data.terminations.sum())
+    assert 0 < solved < 120 and set(np.unique(data.rewards)) == {-1.0, 0.0}
+    np.testing.assert_array_equal(data.rewards == 0.0, data.terminations)  # cube-single: reward 0 exactly when solved
+    out = capsys.readouterr().out
+    assert "cube-single: OGBench cube-single-play-singletask-task2-v0, 1 episodes of 120 steps" in out
+    assert f"120 transitions, 1 episodes; the task is solved in {solved} rows ({solved / 120:.1%})" in out
+    assert "sb3-flow offline --algo fql --env cube-single-play-singletask-task2-v0" in out
+
+
+def test_dataset_without_ogbench_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ogbench", None)  # import ogbench now raises ImportError
+    assert main(["dataset", "ogbench", "cube-single", "--episodes", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "pip install 'sb3-flow[ogbench]'" in _one_error_line(capsys, "dataset")
+    assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["offline", "--dataset", "{dataset}", "--steps", "0"], "nothing to train: --steps and --online-steps are both 0"),
+        (["offline", "--dataset", "{tmp}/missing.npz"], "No demonstrations file"),
+        (
+            ["offline", "--dataset", "{dataset}", "--env", "MountainCarContinuous-v0", "--net-arch", "8"],
+            "Demonstration observations have shape (3,) per step",
+        ),
+        (["offline", "--dataset", "{dataset}", "--task", "2"], "Pendulum-v1 is no OGBench name"),
+        (["offline", "--dataset", "{dataset}", "--out", "{tmp}/a_file/fql.zip"], "is a file, not a folder"),
+        (["dataset", "ogbench", "Pendulum-v1", "--episodes", "1"], "Pendulum-v1 is no OGBench name"),
+        (["dataset", "ogbench", "cube-single", "--task", "9", "--episodes", "1"], "--task must be one of the OGBench tasks"),
+        (["evaluate", "m.zip", "--task", "2"], "--task applies to an OGBench environment"),
+    ],
+)
+def test_offline_and_dataset_failures_are_one_line(argv, message, tmp_path, pendulum_dataset, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    argv = [arg.format(dataset=pendulum_dataset, tmp=tmp_path) for arg in argv]
+    assert main(argv) == 2
+    assert message in _one_error_line(capsys, argv[0])

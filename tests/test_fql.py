@@ -203,3 +203,13 @@ def test_the_policy_loss_reaches_the_actions_but_not_the_critic_weights():
     assert all(parameter.grad is None for parameter in model.policy.critic.parameters())
     assert all(parameter.requires_grad for parameter in model.policy.critic.parameters())
     assert all(parameter.grad is not None for parameter in model.policy.actor.parameters())
+
+
+def test_a_saved_model_loads_without_an_environment(tmp_path):
+    model = FQL("MlpPolicy", BimodalEnv(), policy_kwargs=TINY, seed=0)
+    model.save(tmp_path / "fql")
+    loaded = FQL.load(tmp_path / "fql")
+    obs = np.zeros((2, 2), np.float32)
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    with pytest.raises(ValueError, match="needs an environment"):
+        FQL("MlpPolicy", None)

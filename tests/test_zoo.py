@@ -16,7 +16,7 @@ from sb3_flow.cli import main as sb3_flow_main  # noqa: E402
 from sb3_flow.fpo import FlowPPO  # noqa: E402
 from sb3_flow.reinflow import ReinFlow  # noqa: E402
 from sb3_flow.zoo import COMMANDS, ZOO_ALGORITHMS, config_dir, main, register, with_config_file, zoo_algorithms  # noqa: E402
-from sb3_flow.zoo.samplers import sample_flow_ppo_params, sample_reinflow_params  # noqa: E402
+from sb3_flow.zoo.samplers import sample_flow_ppo_params, sample_fql_params, sample_reinflow_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Small runs: the YAML's 8 environments become 2, rollouts and minibatches shrink.
@@ -28,7 +28,8 @@ def test_register_adds_the_registry_algorithms_and_samplers():
     from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
 
     # One list: the Zoo offers the registry's algorithms that train from an env id (not the BC trainers: they need demos).
-    assert ZOO_ALGORITHMS is registry.ZOO_ALGORITHMS and set(ZOO_ALGORITHMS) == {"flow_ppo", "reinflow", "dsrl_na"}
+    assert ZOO_ALGORITHMS is registry.ZOO_ALGORITHMS
+    assert set(ZOO_ALGORITHMS) == {"flow_ppo", "reinflow", "dsrl_na", "fql", "fbrac"}
     assert set(ZOO_ALGORITHMS) <= set(registry.SB3_FLOW_ALGORITHMS)
     assert zoo_algorithms() == {name: registry.SB3_FLOW_ALGORITHMS[name] for name in ZOO_ALGORITHMS}
     register()
@@ -63,7 +64,9 @@ def test_the_packaged_configs_are_package_data():
     package = Path(sys.modules["sb3_flow.zoo"].__file__).parent
     assert config_dir().parent == package
     shipped = {path for pattern in patterns for path in package.glob(pattern)}
-    assert {"flow_ppo.yml", "reinflow.yml", "dsrl_na.yml", "sac_dsrl.yml"} <= {path.name for path in shipped}
+    assert {"flow_ppo.yml", "reinflow.yml", "dsrl_na.yml", "sac_dsrl.yml", "fql.yml", "fbrac.yml", "fql_offline.yml"} <= {
+        path.name for path in shipped
+    }
     assert shipped == set(config_dir().glob("*.yml"))
 
 
@@ -300,3 +303,158 @@ def test_dsrl_na_train_then_enjoy_reattaches_the_base_from_its_path(tmp_path, mo
     model = DSRLNA.load(saved)  # no base_policy argument: re-attached from the recorded path
     assert model.base_policy_path == str(tmp_path / "flow_bc.zip") and model.num_timesteps == 120
     main(["enjoy", "--algo", "dsrl_na", "--env", "Pendulum-v1", "-f", "logs", "--no-render", "-n", "20"])
+
+
+# ----- FQL and FBRAC: online from scratch, a dataset in the buffer, offline_steps before the online run -----
+
+TINY_FLOW_Q = ["policy_kwargs:dict(net_arch=[8], critic_net_arch=[8])", "batch_size:32"]
+
+
+@pytest.mark.parametrize("algo", ["fql", "fbrac"])
+def test_fql_and_fbrac_train_online_from_their_packaged_configs(algo, tmp_path, monkeypatch):
+    from sb3_flow import FBRAC, FQL
+
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "--algo", algo, "--env", "Pendulum-v1", "-n", "100", "--seed", "0", "-f", "logs"]
+    assert main([*train, "--hyperparams", "learning_starts:50", *TINY_FLOW_Q]) == 0
+    model = {"fql": FQL, "fbrac": FBRAC}[algo].load(
+        tmp_path / "logs" / algo / "Pendulum-v1_1" / "Pendulum-v1.zip", env="Pendulum-v1"
+    )
+    # The packaged Pendulum entry's alpha and normalize_q_loss; updates after the 50 random-action steps only.
+    assert model.alpha == 1.0 and model.normalize_q_loss and model.policy.net_arch == [8]
+    assert model.num_timesteps == 100 and model.n_offline_steps == 0 and model._n_updates == 50
+
+
+@pytest.fixture(scope="module")
+def fql_offline_run(tmp_path_factory):
+    """A Zoo run of the fql_offline config: a relative dataset path, 20 offline gradient steps, 200 online steps."""
+    from sb3_flow.common.demonstrations import collect_demonstrations
+    from sb3_flow.common.experts import pendulum_swing_up
+
+    work = tmp_path_factory.mktemp("fql_zoo")
+    demos = collect_demonstrations("Pendulum-v1", pendulum_swing_up, 2, action_noise=0.3, seed=0)
+    demos.save(work / "pendulum.npz")
+    train = ["train", "--algo", "fql", "--env", "Pendulum-v1", "--conf-file", "fql_offline", "-n", "200", "--seed", "0"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        assert main([*train, "-f", "logs", "--save-replay-buffer", "--hyperparams", "offline_steps:20", *TINY_FLOW_Q]) == 0
+    return work, demos
+
+
+def test_fql_zoo_run_pretrains_offline_on_the_yaml_dataset_then_trains_online(fql_offline_run):
+    import yaml
+
+    from sb3_flow import FQL
+
+    work, demos = fql_offline_run
+    run = work / "logs" / "fql" / "Pendulum-v1_1"
+    model = FQL.load(run / "Pendulum-v1.zip", env="Pendulum-v1")
+    assert model.n_offline_steps == 20 and model.num_timesteps == 200 and model._n_updates == 220
+    assert model.alpha == 1.0 and model.normalize_q_loss  # the fql_offline entry's
+    model.load_replay_buffer(run / "replay_buffer.pkl")
+    assert model.replay_buffer.n_offline == len(demos) and model.replay_buffer.n_online == 200
+    # The run's config.yml records the dataset's absolute path and offline_steps as given (no callback added to it).
+    config = dict(yaml.load((run / "Pendulum-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader))
+    assert config["dataset"] == str(work / "pendulum.npz") and config["offline_steps"] == 20
+    assert "callback" not in config
+
+
+def test_fql_zoo_run_replays_with_enjoy_and_evaluate(fql_offline_run, monkeypatch, capsys, tmp_path):
+    work, _ = fql_offline_run
+    monkeypatch.chdir(tmp_path)  # another folder: nothing is read relative to the run's working directory
+    logs = str(work / "logs")
+    assert main(["enjoy", "--algo", "fql", "--env", "Pendulum-v1", "-f", logs, "--no-render", "-n", "20"]) == 0
+    model_path = str(work / "logs" / "fql" / "Pendulum-v1_1" / "Pendulum-v1.zip")
+    assert sb3_flow_main(["evaluate", model_path, "--episodes", "1"]) == 0
+    assert "(fql) on Pendulum-v1, with " in capsys.readouterr().out
+    # A run on a raw environment (no wrappers in its config.yml) is scored by success rate with an OGBench --env; here
+    # OGBench is replaced by Pendulum and a recorder, as in test_cli.
+    import gymnasium as gym
+
+    from sb3_flow.common import ogbench
+
+    monkeypatch.setattr(ogbench, "make_ogbench_env", lambda name: gym.make("Pendulum-v1"))
+    monkeypatch.setattr(ogbench, "ogbench_success_rate", lambda policy, env_name, **kwargs: 0.25)
+    assert sb3_flow_main(["evaluate", model_path, "--env", "cube-single", "--episodes", "1"]) == 0
+    assert "(fql) on OGBench cube-single-play-singletask-task2-v0, 1 episodes: success rate 25%" in capsys.readouterr().out
+
+
+def test_a_missing_dataset_fails_before_any_env_naming_the_config_and_folder(tmp_path, monkeypatch, capsys):
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    def no_env(*args, **kwargs):
+        raise AssertionError("an environment was built before the dataset was checked")
+
+    monkeypatch.setattr(ExperimentManager, "create_envs", no_env)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--algo", "fql", "--env", "Pendulum-v1", "--conf-file", "fql_offline", "-f", "logs"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(config_dir() / "fql_offline.yml") in err and f"dataset 'pendulum.npz' not found in {tmp_path}" in err
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    ("hyperparams", "message"),
+    [
+        ("offline_steps:10", "flow_ppo does not learn offline, so offline_steps cannot apply"),
+        ("dataset:'data.npz'", "flow_ppo takes no dataset"),
+    ],
+)
+def test_offline_keys_need_an_algorithm_that_learns_from_a_dataset(hyperparams, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--algo", "flow_ppo", "--env", "Pendulum-v1", "-f", "logs", "--hyperparams", hyperparams]) == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "logs").exists()
+
+
+def test_offline_steps_become_the_first_callback():
+    from sb3_flow.zoo.hyperparams import OFFLINE_PRETRAINING_CALLBACK, ConfigValueError, with_offline_pretraining
+
+    zero_init = "sb3_flow.wrappers.ZeroInitActorCallback"
+    hyperparams = {"offline_steps": 1e6, "callback": zero_init, "alpha": 3.0}
+    converted = with_offline_pretraining(hyperparams, "where")
+    assert converted == {
+        "alpha": 3.0,
+        "callback": [{OFFLINE_PRETRAINING_CALLBACK: {"n_gradient_steps": 1_000_000, "verbose": 1}}, zero_init],
+    }
+    assert hyperparams["offline_steps"] == 1e6  # a copy: what the Zoo saves keeps the key as written
+    assert with_offline_pretraining({"offline_steps": 0, "alpha": 3.0}, "where") == {"alpha": 3.0}
+    with pytest.raises(ConfigValueError, match="where: offline_steps must be an integer >= 0"):
+        with_offline_pretraining({"offline_steps": -5}, "where")
+
+
+def test_offline_pretraining_callback_runs_once_and_leaves_the_online_run_as_it_was(pendulum_demos):
+    from sb3_flow import FQL
+    from sb3_flow.zoo.callbacks import OfflinePretraining
+
+    model = FQL(
+        "MlpPolicy",
+        "Pendulum-v1",
+        dataset=pendulum_demos,
+        batch_size=16,
+        policy_kwargs={"net_arch": [8], "critic_net_arch": [8]},
+    )
+    model.learn(10, callback=OfflinePretraining(5))
+    # The online run's bookkeeping is its own again: 10 environment steps of a 10-step run, its logger.
+    assert model.n_offline_steps == 5 and model.num_timesteps == 10 and model._n_updates == 15
+    assert model._total_timesteps == 10 and model._num_timesteps_at_start == 0
+    model.learn(10, callback=OfflinePretraining(5), reset_num_timesteps=False)  # already pretrained: not again
+    assert model.n_offline_steps == 5 and model.num_timesteps == 20 and model._n_updates == 25
+    with pytest.raises(TypeError, match="needs an algorithm that learns offline"):
+        FlowPPO("MlpPolicy", "Pendulum-v1", n_steps=16, batch_size=16).learn(16, callback=OfflinePretraining(5))
+
+
+def test_sampled_fql_hyperparameters_build_a_model():
+    from sb3_flow import FQL
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    params = sample_fql_params(trial, 1, 1, {})
+    alpha = trial.distributions["alpha"]
+    assert (alpha.low, alpha.high, alpha.log) == (0.03, 1000.0, True)  # the authors' sweep range, log-uniform
+    assert set(trial.distributions["normalize_q_loss"].choices) == {True, False}
+    fixed = optuna.trial.FixedTrial({"alpha": 300.0, "normalize_q_loss": False, "learning_rate": 1e-4, "batch_size_pow": 8})
+    params = sample_fql_params(fixed, 1, 1, {})
+    assert params == {"alpha": 300.0, "normalize_q_loss": False, "learning_rate": 1e-4, "batch_size": 256}
+    model = FQL("MlpPolicy", "Pendulum-v1", policy_kwargs={"net_arch": [8], "critic_net_arch": [8]}, **params)
+    assert model.alpha == 300.0 and not model.normalize_q_loss and model.batch_size == 256

@@ -87,6 +87,7 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
     :param verbose: verbosity
     :param seed: random seed
     :param device: "auto", "cpu" or "cuda"
+    :param _init_setup_model: whether the subclass builds the networks in its constructor (False only inside ``load``)
     """
 
     policy: FlowQPolicy
@@ -115,8 +116,10 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         verbose: int = 0,
         seed: int | None = None,
         device: th.device | str = "auto",
+        _init_setup_model: bool = True,
     ):
-        if env is None:
+        # SB3's load builds the model with env=None and no setup, then sets the saved spaces.
+        if env is None and _init_setup_model:
             raise ValueError(f"{type(self).__name__} needs an environment (or env id): it defines the spaces")
         if q_agg not in Q_AGGREGATIONS:
             raise ValueError(f"q_agg must be one of {Q_AGGREGATIONS}, got {q_agg!r}")

@@ -89,6 +89,7 @@ class FBRAC(FlowOffPolicyAlgorithm):
             verbose=verbose,
             seed=seed,
             device=device,
+            _init_setup_model=_init_setup_model,
         )
         self.alpha = check_finite_number(alpha, "alpha", minimum=0.0)
         self.normalize_q_loss = normalize_q_loss

@@ -4,7 +4,9 @@ RL-Zoo integration: sb3-flow's algorithms and Optuna samplers registered into rl
 ``register()`` adds them to ``rl_zoo3.ALGOS`` and to the Zoo's hyperparameter samplers and converters; it must run
 before the Zoo's argparse builds its ``--algo`` choices, which is what ``python -m sb3_flow.zoo`` (and the
 ``sb3-flow-zoo`` console script) does. The packaged YAML files (``sb3_flow/zoo/configs``, one per algorithm, keyed by
-environment id) are used by default and can be named by their short name (``--conf-file sac_dsrl``).
+environment id) are used by default and can be named by their short name (``--conf-file sac_dsrl``). While ``train``
+and ``tune`` read a config, base-policy and ``dataset`` paths are made absolute and ``offline_steps`` becomes offline
+pretraining before the online run (``sb3_flow.zoo.hyperparams``, ``sb3_flow.zoo.callbacks``).
 """
 
 from __future__ import annotations

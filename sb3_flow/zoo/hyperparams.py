@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
-import inspect
 from typing import Any
 
 from sb3_flow.common.utils import check_positive_int

@@ -96,7 +96,39 @@ def convert_reinflow_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     return hyperparams
 
 
+def sample_fql_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    Search space of FQL (FBRAC uses it too): ``alpha`` log-uniform over the authors' sweep range, 0.03 (the low end of
+    the values they recommend sweeping on a new task with ``normalize_q_loss``) to 1000 (their puzzle value), whether
+    to normalize the Q term, the learning rate and the minibatch size (128 to 512; the authors: 3e-4 and 256).
+
+    :param trial: Optuna trial
+    :param n_actions: action dimension (unused)
+    :param n_envs: number of environments (unused)
+    :param additional_args: Zoo extras (unused)
+    :return: FQL keyword arguments
+    """
+    sampled = {
+        "alpha": trial.suggest_float("alpha", 0.03, 1000.0, log=True),
+        "normalize_q_loss": trial.suggest_categorical("normalize_q_loss", [True, False]),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-3, log=True),
+        "batch_size_pow": trial.suggest_int("batch_size_pow", 7, 9),
+    }
+    return convert_fql_params(sampled)
+
+
+def convert_fql_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
+    """Sampled values -> FQL (or FBRAC) keyword arguments."""
+    hyperparams = dict(sampled_params)
+    if "batch_size_pow" in hyperparams:
+        hyperparams["batch_size"] = 2 ** hyperparams.pop("batch_size_pow")
+    return hyperparams
+
+
 SAMPLERS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], dict[str, Any]]]] = {
     "flow_ppo": (sample_flow_ppo_params, convert_flow_ppo_params),
     "reinflow": (sample_reinflow_params, convert_reinflow_params),
+    "fql": (sample_fql_params, convert_fql_params),
+    # FBRAC is FQL's baseline on the same core: the same search space (its alpha weights the BC loss instead).
+    "fbrac": (sample_fql_params, convert_fql_params),
 }
