@@ -1,8 +1,15 @@
 """Files: saves that never destroy the previous file, loads that find what save wrote and name what a wrong file holds."""
 
+import base64
+import json
+import os
 import pathlib
+import stat
+import sys
+import types
 import zipfile
 
+import cloudpickle
 import numpy as np
 import pytest
 import torch as th
@@ -164,3 +171,39 @@ def test_a_crafted_policy_file_does_not_run_its_payload(tmp_path):
     with pytest.raises(ValueError, match="need pickle to load, which runs any code"):
         FlowPolicy.load(tmp_path / "crafted.pth")
     assert not marker.exists()
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    _flow_ppo().save(tmp_path / "model.zip")
+    bimodal_demonstrations(20).save(tmp_path / "demos.npz")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.zip", "demos.npz"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
+
+
+def _pickled_function_of_a_missing_module() -> str:
+    """What SB3 stores for a schedule defined in a module the loading machine does not have."""
+    module = types.ModuleType("sb3_flow_test_missing_module")
+    exec("def schedule(progress):\n    return 1e-3", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        return base64.b64encode(cloudpickle.dumps(module.schedule)).decode()
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_a_model_zip_loads_with_custom_objects_for_what_cannot_be_unpickled(tmp_path):
+    path = tmp_path / "model.zip"
+    _flow_ppo().save(path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(members["data"])
+    data["lr_schedule"][":serialized:"] = _pickled_function_of_a_missing_module()
+    members["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(tmp_path / "other_machine.zip", "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    # SB3's documented workaround for files from another machine: the unreadable entry is replaced, nothing unpickled.
+    loaded = FlowPPO.load(tmp_path / "other_machine.zip", custom_objects={"lr_schedule": lambda _: 1e-4})
+    assert loaded.predict(np.zeros(2, np.float32), deterministic=True)[0].shape == (1,)

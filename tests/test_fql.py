@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3 import SAC
+from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback, ProgressBarCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_flow import Demonstrations
 from sb3_flow.fbrac import FBRAC
@@ -213,3 +215,67 @@ def test_a_saved_model_loads_without_an_environment(tmp_path):
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
     with pytest.raises(ValueError, match="needs an environment"):
         FQL("MlpPolicy", None)
+
+
+class SquareActionEnv(gym.Env):
+    """A (2, 2) Box action space: datasets and predictions keep the matrix shape."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Box(-2.0, 2.0, (2, 2), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, True, {}
+
+
+def test_a_matrix_shaped_action_space_takes_a_dataset_and_predicts():
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-2, 2, (20, 2, 2)).astype(np.float32)
+    observations = rng.uniform(-1, 1, (20, 2)).astype(np.float32)
+    ends = np.zeros(20, bool)
+    demos = Demonstrations(observations, actions, np.zeros(20), observations, ends, ~ends, np.ones(20, bool))
+    model = FQL("MlpPolicy", SquareActionEnv(), dataset=demos, batch_size=4, policy_kwargs=TINY, seed=0)
+    np.testing.assert_allclose(model.replay_buffer.offline.actions, actions.reshape(20, 4) / 2.0, atol=1e-6)
+    model.learn_offline(2)
+    assert model.predict(observations[:3])[0].shape == (3, 2, 2)
+
+
+def test_load_takes_the_constructor_arguments_and_a_dataset(tmp_path):
+    policy_kwargs = dict(TINY)
+    model = FQL("MlpPolicy", BimodalEnv(), n_flow_steps=3, policy_kwargs=policy_kwargs, seed=0)
+    assert policy_kwargs == TINY and model.policy.bc_policy.n_flow_steps == 3
+    model.save(tmp_path / "fql")
+    loaded = FQL.load(tmp_path / "fql", env=BimodalEnv(), policy_kwargs=TINY, dataset=bimodal_demonstrations(30))
+    assert loaded.policy.bc_policy.n_flow_steps == 3 and loaded.replay_buffer.n_offline == 30
+    loaded.learn_offline(2)  # a loaded model with data trains offline
+
+
+def test_learn_offline_leaves_the_environment_and_the_step_count_alone(tmp_path):
+    model = FQL("MlpPolicy", BimodalEnv(), dataset=bimodal_demonstrations(50), batch_size=8, policy_kwargs=TINY, seed=0)
+    model.learn(5)
+    last_obs = model._last_obs.copy()
+    checkpoints = CheckpointCallback(save_freq=2, save_path=str(tmp_path), name_prefix="offline")
+    model.learn_offline(4, callback=[checkpoints, ProgressBarCallback()])
+    np.testing.assert_array_equal(model._last_obs, last_obs)  # the online episode goes on where it was
+    assert model.num_timesteps == 5 and model.n_offline_steps == 4
+    assert FQL.load(tmp_path / "offline_4_steps").num_timesteps == 5  # a checkpoint records environment steps
+    model.learn_offline(2, callback=CheckpointCallback(save_freq=2, save_path=str(tmp_path), name_prefix="offline"))
+    assert (tmp_path / "offline_6_steps.zip").is_file()  # the offline count goes on over calls
+    env_less = FQL.load(tmp_path / "offline_4_steps", dataset=bimodal_demonstrations(30))
+    env_less.learn_offline(2)
+    assert env_less.n_offline_steps == 6
+
+
+def test_foreign_replay_buffers_and_vec_normalize_are_refused(tmp_path):
+    sac = SAC("MlpPolicy", BimodalEnv())
+    sac.save_replay_buffer(tmp_path / "sac_buffer")
+    model = FQL("MlpPolicy", BimodalEnv(), dataset=bimodal_demonstrations(30), policy_kwargs=TINY, seed=0)
+    with pytest.raises(TypeError, match="without an offline block"):
+        model.load_replay_buffer(tmp_path / "sac_buffer")
+    assert model.replay_buffer.n_offline == 30
+    normalized = VecNormalize(DummyVecEnv([BimodalEnv]))
+    with pytest.raises(ValueError, match="VecNormalize are not supported together"):
+        FQL("MlpPolicy", normalized, dataset=bimodal_demonstrations(30), policy_kwargs=TINY)

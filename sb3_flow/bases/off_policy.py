@@ -12,6 +12,7 @@ OffPolicyAlgorithm.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, TypeVar
 
@@ -21,15 +22,21 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
-from stable_baselines3.common.utils import get_parameters_by_name, polyak_update, update_learning_rate
+from stable_baselines3.common.utils import configure_logger, get_parameters_by_name, polyak_update, update_learning_rate
 from tqdm.auto import tqdm
 
 from sb3_flow.common.buffers import DictOfflineReplayBuffer, OfflineData, OfflineDataMixin, OfflineReplayBuffer
 from sb3_flow.common.critics import Q_AGGREGATIONS, aggregate_q
-from sb3_flow.common.demonstrations import Demonstrations
-from sb3_flow.common.files import ModelFileMixin
+from sb3_flow.common.demonstrations import Demonstrations, in_env_image_layout
+from sb3_flow.common.files import ModelFileMixin, atomic_target, with_suffix_if_missing
 from sb3_flow.common.flow import sample_times
-from sb3_flow.common.utils import check_box_action_space, check_finite_learning_rate, check_finite_loss, check_positive_int
+from sb3_flow.common.utils import (
+    check_box_action_space,
+    check_finite_learning_rate,
+    check_finite_loss,
+    check_positive_int,
+    spaces_match,
+)
 from sb3_flow.policies.flow_policy import FlowPolicy
 from sb3_flow.policies.flow_q import FlowQPolicy
 
@@ -49,7 +56,8 @@ def offline_data(demonstrations: Demonstrations, policy: FlowQPolicy) -> Offline
         raise ValueError("The dataset is empty: it has no transitions")
     demonstrations.check_spaces(policy.observation_space, policy.action_space)
     demonstrations.check_finite()
-    actions = policy.scale_action(demonstrations.actions.reshape(len(demonstrations), -1))
+    n_rows = len(demonstrations)
+    actions = policy.scale_action(demonstrations.actions.reshape(n_rows, *policy.action_space.shape)).reshape(n_rows, -1)
     return OfflineData(
         observations=demonstrations.observations,
         # check_spaces() rejected actions outside the box; the clip only absorbs rounding at the bounds.
@@ -124,8 +132,9 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         if q_agg not in Q_AGGREGATIONS:
             raise ValueError(f"q_agg must be one of {Q_AGGREGATIONS}, got {q_agg!r}")
         policy_kwargs = dict(policy_kwargs or {})
-        if n_flow_steps is not None:
-            policy_kwargs["n_flow_steps"] = check_positive_int(n_flow_steps, "n_flow_steps")
+        # An algorithm option, merged into the policy's arguments only when the policy is built (_setup_model), so
+        # that policy_kwargs stays what the user passed and load(..., policy_kwargs=...) compares equal.
+        self.n_flow_steps = None if n_flow_steps is None else check_positive_int(n_flow_steps, "n_flow_steps")
         super().__init__(
             policy,
             env,
@@ -157,6 +166,8 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         self._dataset_source = dataset
         # Gradient steps taken by learn_offline, in total (``num_timesteps`` counts environment steps only).
         self.n_offline_steps = 0
+        # The environment-step count while learn_offline runs (num_timesteps then counts gradient steps).
+        self._offline_env_steps: int | None = None
 
     def _setup_model(self) -> None:
         check_box_action_space(self.action_space, type(self).__name__)
@@ -165,7 +176,13 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
             self.replay_buffer_class = DictOfflineReplayBuffer if dict_obs else OfflineReplayBuffer
         if not issubclass(self.replay_buffer_class, OfflineDataMixin):
             raise TypeError(f"{type(self).__name__}'s replay buffer must hold offline data (OfflineDataMixin)")
-        super()._setup_model()
+        user_policy_kwargs = self.policy_kwargs
+        if self.n_flow_steps is not None:
+            self.policy_kwargs = {**user_policy_kwargs, "n_flow_steps": self.n_flow_steps}
+        try:
+            super()._setup_model()
+        finally:
+            self.policy_kwargs = user_policy_kwargs
         if not isinstance(self.policy, FlowQPolicy):
             raise TypeError(f"{type(self).__name__} needs a FlowQPolicy, got {type(self.policy).__name__}")
         self.critic_batch_norm_stats = get_parameters_by_name(self.policy.critic, ["running_"])
@@ -175,7 +192,7 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
             self._dataset_source = None
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_dataset_source"]
+        return [*super()._excluded_save_params(), "_dataset_source", "_offline_env_steps"]
 
     def add_dataset(self, dataset: DatasetSource) -> None:
         """
@@ -185,11 +202,21 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         :raises ValueError: when it is empty, holds NaN / inf, or does not fit the environment's spaces
         """
         demonstrations = dataset if isinstance(dataset, Demonstrations) else Demonstrations.load(dataset)
+        if self._vec_normalize_env is not None:
+            # Offline training would normalize with statistics the data never updated (and clip at their bounds).
+            raise ValueError(
+                f"{type(self).__name__}: offline datasets and VecNormalize are not supported together yet; normalize the "
+                "dataset's observations and rewards beforehand, or train without VecNormalize"
+            )
+        demonstrations = in_env_image_layout(demonstrations, self.env, self.action_space)
         self.replay_buffer.add_offline(offline_data(demonstrations, self.policy))
 
     @property
     def bc_policy(self) -> FlowPolicy:
-        """The behaviour-cloned flow policy (a :class:`~sb3_flow.policies.FlowPolicy`, usable as any method's base)."""
+        """
+        The flow policy (a :class:`~sb3_flow.policies.FlowPolicy`, usable as any method's base): behaviour-cloned in
+        FQL; in FBRAC it is the actor itself, trained against Q.
+        """
         return self.policy.bc_policy
 
     def gradient_step(self, data: ReplayBufferSamples) -> dict[str, float]:
@@ -216,8 +243,9 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         """
         with th.no_grad():
             next_q = aggregate_q(self.policy.q_values(data.next_observations, next_actions, target=True), self.q_agg)
-            discounts = data.discounts if getattr(data, "discounts", None) is not None else self.gamma
-            return data.rewards.flatten() + (1.0 - data.dones.flatten()) * th.as_tensor(discounts).flatten() * next_q
+            # A Python float (or the n-step buffer's tensor): never a CPU tensor beside CUDA ones.
+            discounts = data.discounts.flatten() if getattr(data, "discounts", None) is not None else self.gamma
+            return data.rewards.flatten() + (1.0 - data.dones.flatten()) * discounts * next_q
 
     def critic_loss(self, data: ReplayBufferSamples, next_actions: th.Tensor) -> th.Tensor:
         """Squared TD error of every critic, averaged over critics and batch (FQL's critic loss)."""
@@ -244,8 +272,9 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         return loss / q_values.abs().mean().detach().clamp(min=1e-8) if normalize else loss
 
     def optimizer_step(self, optimizer: th.optim.Optimizer, loss: th.Tensor, what: str) -> None:
-        """Check the loss, then step ``optimizer`` on it."""
-        check_finite_loss(loss, type(self).__name__, what, self._n_updates)
+        """Check the loss, then step ``optimizer`` on it (the networks are stepped in turn within a gradient step)."""
+        untouched = f"no step was taken on the {what} (networks stepped earlier in this gradient step were updated)"
+        check_finite_loss(loss, type(self).__name__, what, self._n_updates, untouched)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -282,12 +311,15 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         progress_bar: bool = False,
     ) -> SelfFlowOffPolicy:
         """
-        Train on the replay buffer's data without acting: ``n_gradient_steps`` gradient steps.
+        Train on the replay buffer's data without acting: ``n_gradient_steps`` gradient steps. The environment is not
+        touched (a model loaded without one can train offline), and an online episode in progress goes on afterwards.
 
-        While it runs, ``num_timesteps`` counts gradient steps, as in :class:`~sb3_flow.FlowBC`, so that SB3's
-        callbacks (``EvalCallback(eval_freq=N)`` evaluates every N gradient steps, ``CheckpointCallback``) and the
-        logger's x-axis mean gradient steps; afterwards it is the environment-step count again, and
+        While it runs, ``num_timesteps`` counts the offline gradient steps taken so far (over all calls), as in
+        :class:`~sb3_flow.FlowBC`, so that SB3's callbacks (``EvalCallback(eval_freq=N)`` evaluates every N gradient
+        steps, ``CheckpointCallback``) and the logger's x-axis mean gradient steps; a save during the offline phase
+        still records the environment-step count. Afterwards ``num_timesteps`` is the environment-step count again and
         ``n_offline_steps`` holds the gradient steps taken offline. ``learn(total_timesteps)`` then continues online.
+        Callbacks see the locals ``total_timesteps`` (the offline step count to reach) and ``n_gradient_steps``.
 
         :param n_gradient_steps: number of gradient steps
         :param callback: SB3 callback(s), called once per gradient step
@@ -299,29 +331,101 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         n_gradient_steps = check_positive_int(n_gradient_steps, "n_gradient_steps")
         if self.replay_buffer.size() == 0:
             raise ValueError(f"{type(self).__name__}.learn_offline needs data: pass dataset= or call add_dataset() first")
-        env_steps, episodes = self.num_timesteps, self._episode_num
-        total, callback = self._setup_learn(
-            n_gradient_steps, callback, True, tb_log_name or f"{type(self).__name__}_offline", False
-        )
+        total_timesteps = self.n_offline_steps + n_gradient_steps
+        if not self._custom_logger:
+            self._logger = configure_logger(
+                self.verbose, self.tensorboard_log, tb_log_name or f"{type(self).__name__}_offline", True
+            )
+        callback = self._init_callback(callback, progress_bar=False)
+        self._offline_env_steps = self.num_timesteps
+        self.num_timesteps = self.n_offline_steps
         callback.on_training_start(locals(), globals())
         try:
-            with tqdm(total=total, desc=f"{type(self).__name__} offline", disable=not progress_bar) as bar:
-                while self.num_timesteps < total:
-                    self._update_current_progress_remaining(self.num_timesteps, total)
+            with tqdm(total=n_gradient_steps, desc=f"{type(self).__name__} offline", disable=not progress_bar) as bar:
+                for step in range(n_gradient_steps):
+                    self._update_current_progress_remaining(step, n_gradient_steps)
                     self.train(gradient_steps=1, batch_size=self.batch_size)
-                    self.num_timesteps += 1
                     self.n_offline_steps += 1
+                    self.num_timesteps = self.n_offline_steps
                     bar.update(1)
                     callback.update_locals(locals())
                     if not callback.on_step():
                         break
-                    if log_interval > 0 and self.num_timesteps % log_interval == 0:
+                    if log_interval > 0 and self.n_offline_steps % log_interval == 0:
                         self.logger.record("time/offline_gradient_steps", self.n_offline_steps)
-                        self.logger.dump(step=self.num_timesteps)
+                        self.logger.dump(step=self.n_offline_steps)
             callback.on_training_end()
         finally:
-            self.num_timesteps, self._episode_num = env_steps, episodes
+            self.num_timesteps, self._offline_env_steps = self._offline_env_steps, None
         return self
+
+    def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
+        """SB3's ``save`` (atomic); during :meth:`learn_offline` it records the environment-step count."""
+        if getattr(self, "_offline_env_steps", None) is None:
+            super().save(path, exclude=exclude, include=include)
+            return
+        gradient_steps, self.num_timesteps = self.num_timesteps, self._offline_env_steps
+        try:
+            super().save(path, exclude=exclude, include=include)
+        finally:
+            self.num_timesteps = gradient_steps
+
+    def save_replay_buffer(self, path: str | os.PathLike | io.BufferedIOBase) -> None:
+        """
+        Save the replay buffer, dataset included, as SB3 does (a pickle); an existing file is replaced only once the
+        new one is complete.
+
+        :param path: the file (``.pkl`` is appended when it has no suffix, as SB3 does), or a file object
+        """
+        if isinstance(path, io.IOBase):
+            super().save_replay_buffer(path)
+            return
+        with atomic_target(with_suffix_if_missing(path, ".pkl")) as temporary:
+            super().save_replay_buffer(temporary)
+
+    def load_replay_buffer(self, path: str | os.PathLike | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
+        """
+        SB3's ``load_replay_buffer``, refusing a buffer that cannot hold this model's data.
+
+        :raises TypeError: for a buffer without an offline block (e.g. SAC's)
+        :raises ValueError: for one built for other spaces or another number of environments
+        """
+        previous = self.replay_buffer
+        super().load_replay_buffer(path, truncate_last_traj)
+        loaded = self.replay_buffer
+        problem = None
+        if not isinstance(loaded, OfflineDataMixin):
+            problem = f"it is a {type(loaded).__name__}, without an offline block (OfflineDataMixin)"
+        elif not spaces_match(loaded.observation_space, self.observation_space) or loaded.n_envs != self.n_envs:
+            problem = f"it was made for {loaded.observation_space} with {loaded.n_envs} envs"
+        if problem is not None:
+            self.replay_buffer = previous
+            raise (TypeError if "offline block" in problem else ValueError)(
+                f"{path} is not a replay buffer for this {type(self).__name__}: {problem}"
+            )
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfFlowOffPolicy],
+        path: Any,
+        env: Any = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        dataset: DatasetSource | None = None,
+        **kwargs: Any,
+    ) -> SelfFlowOffPolicy:
+        """
+        Load a saved model (see SB3's ``load``). The replay buffer is not in the model file: restore it with
+        :meth:`load_replay_buffer`, or put a dataset in it with ``dataset=`` (or :meth:`add_dataset`).
+
+        :param dataset: offline transitions to put in the new model's replay buffer
+        """
+        model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        if dataset is not None:
+            model.add_dataset(dataset)
+        return model
 
     def learn(
         self: SelfFlowOffPolicy,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from abc import abstractmethod
 from typing import Any, ClassVar, TypeVar
@@ -15,14 +14,13 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import update_learning_rate
-from stable_baselines3.common.vec_env import VecTransposeImage, is_vecenv_wrapped, unwrap_vec_wrapper
 from tqdm.auto import tqdm
 
-from sb3_flow.common.demonstrations import Demonstrations
+from sb3_flow.common.demonstrations import Demonstrations, in_env_image_layout
 from sb3_flow.common.files import ModelFileMixin
 from sb3_flow.common.flow import PI0_BETA_PARAMS, TIME_SAMPLING_MODES, check_n_flow_steps, sample_times
-from sb3_flow.common.observations import copy_rows, index_rows, to_tensor
-from sb3_flow.common.utils import check_box_action_space, check_finite_learning_rate, check_positive_int
+from sb3_flow.common.observations import index_rows, to_tensor
+from sb3_flow.common.utils import check_box_action_space, check_finite_learning_rate, check_finite_loss, check_positive_int
 from sb3_flow.policies.flow_policy import CnnFlowPolicy, FlowPolicy, MultiInputFlowPolicy
 from sb3_flow.policies.gaussian import CnnGaussianPolicy, GaussianPolicy, MultiInputGaussianPolicy
 
@@ -128,28 +126,11 @@ class BaseBC(ModelFileMixin, BaseAlgorithm):
             demonstrations = Demonstrations.load(demonstrations)
         if len(demonstrations) == 0:
             raise ValueError("The demonstrations are empty")
-        demonstrations = self._in_policy_image_layout(demonstrations)
+        demonstrations = in_env_image_layout(demonstrations, self.env, self.action_space)
         demonstrations.check_spaces(self.observation_space, self.action_space)
         demonstrations.check_finite(("observations", "actions"))
         self.demonstrations = demonstrations
         self._demo_tensors = None
-
-    def _in_policy_image_layout(self, demonstrations: Demonstrations) -> Demonstrations:
-        """Demonstrations whose channel-last images are transposed like the environment's, when SB3 transposed it."""
-        env = self.env
-        if env is None or not is_vecenv_wrapped(env, VecTransposeImage):
-            return demonstrations
-        transposer = env if isinstance(env, VecTransposeImage) else unwrap_vec_wrapper(env, VecTransposeImage)
-        assert isinstance(transposer, VecTransposeImage)
-        try:
-            demonstrations.check_spaces(transposer.venv.observation_space, self.action_space)
-        except ValueError:  # not in the raw env's layout: checked against the policy's spaces next
-            return demonstrations
-        return dataclasses.replace(
-            demonstrations,
-            observations=transposer.transpose_observations(copy_rows(demonstrations.observations)),
-            next_observations=transposer.transpose_observations(copy_rows(demonstrations.next_observations)),
-        )
 
     def _demonstration_tensors(self) -> dict[str, Any]:
         # Moved to the device once; actions normalized to [-1, 1] like the policy's outputs.
@@ -183,11 +164,7 @@ class BaseBC(ModelFileMixin, BaseAlgorithm):
         update_learning_rate(self.policy.optimizer, learning_rate)
         observations, actions = self._sample_batch()
         loss = self.compute_loss(observations, actions)
-        if not th.isfinite(loss):
-            raise FloatingPointError(
-                f"{type(self).__name__}: the {self.loss_name} is {loss.item()} at gradient step {self._n_updates}; "
-                "the weights were left unchanged (check the demonstrations for NaN/inf and lower the learning rate)"
-            )
+        check_finite_loss(loss, type(self).__name__, self.loss_name, self._n_updates)
         self.policy.optimizer.zero_grad()
         loss.backward()
         if self.max_grad_norm is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zipfile
 import zlib
@@ -12,7 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage, is_vecenv_wrapped, unwrap_vec_wrapper
 from tqdm.auto import tqdm
 
 from sb3_flow.common.files import atomic_target, existing_file, with_suffix_if_missing
@@ -132,8 +133,9 @@ class Demonstrations:
 
     def save(self, path: str | os.PathLike) -> str:
         """
-        Write to an ``.npz`` file (Dict observations are stored as ``observations.<key>``). As numpy does, ``.npz`` is
-        appended to a path without a suffix; an existing file is replaced only once the new one is complete.
+        Write to an ``.npz`` file (Dict observations are stored as ``observations.<key>``). ``.npz`` is appended to a
+        path without a suffix (numpy appends it to any other name too: here ``data.v1`` stays ``data.v1``); an
+        existing file is replaced only once the new one is complete. A path, not a file object.
 
         :param path: the file
         :return: the path written
@@ -198,6 +200,31 @@ class Demonstrations:
             return concatenate_rows([getattr(part, name) for part in parts])
 
         return cls(**{field.name: join(field.name) for field in fields(cls)})
+
+
+def in_env_image_layout(demonstrations: Demonstrations, env: VecEnv | None, action_space: spaces.Space) -> Demonstrations:
+    """
+    Demonstrations recorded with channel-last images from the raw environment, transposed to channel-first when SB3
+    transposed the model's environment (``VecTransposeImage``) as it does for image observations; unchanged otherwise.
+    The caller's object is not modified.
+
+    :param demonstrations: the demonstrations
+    :param env: the model's (vectorized) environment
+    :param action_space: the environment's action space
+    """
+    if env is None or not is_vecenv_wrapped(env, VecTransposeImage):
+        return demonstrations
+    transposer = env if isinstance(env, VecTransposeImage) else unwrap_vec_wrapper(env, VecTransposeImage)
+    assert isinstance(transposer, VecTransposeImage)
+    try:
+        demonstrations.check_spaces(transposer.venv.observation_space, action_space)
+    except ValueError:  # not in the raw environment's layout: the caller checks them against the model's spaces
+        return demonstrations
+    return dataclasses.replace(
+        demonstrations,
+        observations=transposer.transpose_observations(copy_rows(demonstrations.observations)),
+        next_observations=transposer.transpose_observations(copy_rows(demonstrations.next_observations)),
+    )
 
 
 def _expert_action_fn(expert: Expert, deterministic: bool) -> Callable[[Any], np.ndarray]:

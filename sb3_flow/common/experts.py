@@ -10,6 +10,8 @@ import numpy as np
 from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from sb3_flow.common.files import existing_file
+
 EXPERT_ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "td3": TD3}
 
 # Per-(algorithm, env) hyperparameters that make a short training run a good expert (RL-Zoo's tuned values).
@@ -79,9 +81,7 @@ def load_expert(path: str | Path, algo: str = "sac") -> BaseAlgorithm:
     :param path: the model zip
     :param algo: the algorithm that saved it
     """
-    if not Path(path).is_file() and not Path(f"{path}.zip").is_file():
-        raise FileNotFoundError(f"No saved expert model at {path}")
-    return _algo_class(algo).load(path, device="cpu")
+    return _algo_class(algo).load(existing_file(path, ".zip", what="saved expert model"), device="cpu")
 
 
 def pendulum_swing_up(observation: np.ndarray) -> np.ndarray:

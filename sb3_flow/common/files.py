@@ -77,6 +77,10 @@ def atomic_target(path: str | os.PathLike) -> Iterator[str]:
     suffix = pathlib.Path(path).suffix
     handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=folder)
     os.close(handle)
+    # mkstemp makes the file owner-only; a saved file gets the permissions a plain open() would give it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     try:
         yield temporary
         os.replace(temporary, path)
@@ -85,25 +89,38 @@ def atomic_target(path: str | os.PathLike) -> Iterator[str]:
             os.remove(temporary)
 
 
-def read_model_data(path: str) -> dict[str, Any]:
+def read_model_identity(path: str, custom_objects: dict[str, Any] | None = None) -> dict[str, Any]:
     """
-    The ``data`` member of an SB3 model zip (its constructor arguments and attributes), without its weights.
+    Which algorithm wrote an SB3 model zip: its ``saved_by`` record (plain JSON) and its ``policy_class``, read from
+    the zip's ``data`` member without unpickling anything else (SB3's ``load`` unpickles the rest, honouring
+    ``custom_objects``).
 
-    Reading it unpickles the classes SB3 stores with cloudpickle (the policy class, activation functions): only read
-    files you trust, as with SB3's own ``load``.
+    Unpickling the policy class imports the module it names: only read files you trust, as with SB3's own ``load``.
 
     :param path: an existing file
+    :param custom_objects: objects that replace saved ones (a ``policy_class`` given here is not unpickled)
+    :return: the keys found among ``saved_by`` and ``policy_class`` (a policy class that cannot be read is left out)
     :raises ValueError: naming the file, when it is not a readable SB3 model zip (truncated, corrupt, foreign)
     """
     try:
         with zipfile.ZipFile(path) as archive:
             if "data" not in archive.namelist():
                 raise ValueError(f"{path} is a zip archive but not an SB3 model zip (it has no 'data' member)")
-            return json_to_data(archive.read("data").decode())
+            data = json.loads(archive.read("data").decode())
     except ValueError:
         raise
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, json.JSONDecodeError) as error:
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a readable SB3 model zip (truncated or corrupt?): {error}") from error
+    identity: dict[str, Any] = {}
+    if isinstance(data.get(SAVED_BY_KEY), str):
+        identity[SAVED_BY_KEY] = data[SAVED_BY_KEY]
+    if custom_objects and "policy_class" in custom_objects:
+        identity["policy_class"] = custom_objects["policy_class"]
+    elif "policy_class" in data:
+        # An unreadable class is left out: SB3's load reports it (or custom_objects replaces it).
+        with contextlib.suppress(Exception):
+            identity.update(json_to_data(json.dumps({"policy_class": data["policy_class"]})))
+    return identity
 
 
 def _algorithm_mismatch(cls: type, data: dict[str, Any]) -> str | None:
@@ -179,7 +196,7 @@ class ModelFileMixin:
         """
         if not isinstance(path, io.IOBase):
             path = existing_file(path, ".zip", what=f"saved {cls.__name__} model")
-            mismatch = _algorithm_mismatch(cls, read_model_data(path))
+            mismatch = _algorithm_mismatch(cls, read_model_identity(path, custom_objects))
             if mismatch is not None:
                 raise ValueError(f"{path} holds {mismatch}")
         if isinstance(env, str):

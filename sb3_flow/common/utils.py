@@ -98,16 +98,23 @@ def check_positive_int(value: int, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_finite_loss(loss: th.Tensor, algorithm: str, what: str, n_updates: int) -> None:
+def check_finite_loss(
+    loss: th.Tensor, algorithm: str, what: str, n_updates: int, untouched: str = "the weights were left unchanged"
+) -> None:
     """
-    Stop before a non-finite loss reaches the weights: nothing has been stepped yet when this raises.
+    Stop before a non-finite loss reaches the weights.
 
+    :param loss: the loss about to be backpropagated
+    :param algorithm: the algorithm's name, for the message
+    :param what: the loss's name, for the message
+    :param n_updates: the update count, for the message
+    :param untouched: what the caller guarantees was not changed when this raises (the message says it)
     :raises FloatingPointError: when ``loss`` is NaN or infinite
     """
     if not th.isfinite(loss).all():
         raise FloatingPointError(
-            f"{algorithm}: the {what} is {loss.detach().cpu().numpy()} at update {n_updates}; the weights were left "
-            "unchanged (lower the learning rate, check rewards and observations for NaN/inf, or normalize them)"
+            f"{algorithm}: the {what} is {loss.detach().cpu().numpy()} at update {n_updates}; {untouched} "
+            "(lower the learning rate, check rewards and observations for NaN/inf, or normalize them)"
         )
 
 

@@ -22,6 +22,7 @@ from sb3_flow.common.flow import (
 )
 from sb3_flow.common.flow import cfm_loss as flow_cfm_loss
 from sb3_flow.common.networks import ConditionedVelocity, VelocityNetwork
+from sb3_flow.common.observations import first_entry
 from sb3_flow.common.utils import small_batch_inference
 from sb3_flow.policies.base import BoxActionPolicy
 
@@ -267,7 +268,7 @@ class FlowPolicy(BoxActionPolicy):
         """
         if th.is_grad_enabled():
             return contextlib.nullcontext()
-        n_rows = next(iter(obs.values())).shape[0] if isinstance(obs, dict) else obs.shape[0]
+        n_rows = first_entry(obs).shape[0]
         return small_batch_inference(n_rows, self.device)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:

@@ -107,6 +107,8 @@ def load_flow_policy(
         policy = source
     elif isinstance(getattr(source, "policy", None), FlowPolicy):
         policy = source.policy
+    elif isinstance(getattr(source, "bc_policy", None), FlowPolicy):  # FQL / FBRAC: their flow
+        policy = source.bc_policy
     elif isinstance(source, (str, os.PathLike)):
         path = existing_file(source, ".zip", what="base policy file")
         policy = _policy_from_model_zip(path, device) if is_model_zip(path) else FlowPolicy.load(path, device)
