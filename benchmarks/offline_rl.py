@@ -143,7 +143,11 @@ def train_d3rlpy(method: str, task: Task, hidden: list[int], steps: int, seed: i
         timeouts=demos.truncations & ~demos.terminations,
     )
     encoder = d3rlpy.models.VectorEncoderFactory(hidden)
-    common = dict(batch_size=256, actor_encoder_factory=encoder, critic_encoder_factory=encoder)
+    # d3rlpy's policies act in [-1, 1] (tanh); the env's box is mapped there, as sb3-flow's policies do.
+    action_scaler = d3rlpy.preprocessing.MinMaxActionScaler(
+        minimum=task.env.action_space.low.astype(np.float32), maximum=task.env.action_space.high.astype(np.float32)
+    )
+    common = dict(batch_size=256, actor_encoder_factory=encoder, critic_encoder_factory=encoder, action_scaler=action_scaler)
     if method == "IQL":
         config = d3rlpy.algos.IQLConfig(
             value_encoder_factory=encoder, actor_learning_rate=3e-4, critic_learning_rate=3e-4, **common

@@ -7,6 +7,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback, ProgressBarCallback
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_flow import Demonstrations
@@ -279,3 +280,21 @@ def test_foreign_replay_buffers_and_vec_normalize_are_refused(tmp_path):
     normalized = VecNormalize(DummyVecEnv([BimodalEnv]))
     with pytest.raises(ValueError, match="VecNormalize are not supported together"):
         FQL("MlpPolicy", normalized, dataset=bimodal_demonstrations(30), policy_kwargs=TINY)
+
+
+def test_several_envs_seeds_and_tensorboard_behave_as_in_sac(tmp_path):
+    venv = make_vec_env(BimodalEnv, n_envs=2, seed=0)
+    model = FQL("MlpPolicy", venv, dataset=bimodal_demonstrations(40), batch_size=8, policy_kwargs=TINY, seed=0,
+                tensorboard_log=str(tmp_path))  # fmt: skip
+    model.learn_offline(3)
+    model.learn(8)
+    assert model.num_timesteps == 8 and model.replay_buffer.n_online == 8 and model.replay_buffer.n_offline == 40
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["FQL_1", "FQL_offline_1"]
+
+    def trained(seed: int) -> np.ndarray:
+        twin = FQL("MlpPolicy", BimodalEnv(), dataset=bimodal_demonstrations(40), batch_size=8, policy_kwargs=TINY, seed=seed)
+        twin.learn_offline(5)
+        return twin.predict(np.zeros((3, 2), np.float32), deterministic=True)[0]
+
+    np.testing.assert_array_equal(trained(1), trained(1))
+    assert not np.array_equal(trained(1), trained(2))
