@@ -192,8 +192,9 @@ class DSRLNA(ModelFileMixin, SAC):
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
         """Environment actions: the actor's noise decoded by the base policy."""
         self.policy.set_training_mode(False)
+        # Checked on the numpy input: a check on the tensor would copy it back from an accelerator every step.
+        check_finite_observations(observation, "DSRLNA.predict")
         obs_tensor, vectorized = self.policy.obs_to_tensor(observation)
-        check_finite_observations(obs_tensor, "DSRLNA.predict")
         with th.no_grad():
             unit_noise = self.actor(obs_tensor, deterministic=deterministic)
             normalized = self.base_actions(obs_tensor, unit_noise).cpu().numpy()
@@ -206,8 +207,8 @@ class DSRLNA(ModelFileMixin, SAC):
         if self.num_timesteps >= learning_starts:
             return super()._sample_action(learning_starts, action_noise, n_envs)  # through predict
         # Warm-up: the base policy from N(0, I) noise, not uniform random actions.
+        check_finite_observations(self._last_obs, "DSRLNA's rollout")
         obs_tensor, _ = self.policy.obs_to_tensor(self._last_obs)
-        check_finite_observations(obs_tensor, "DSRLNA's rollout")
         normalized = self.base_actions(obs_tensor, self._unit_noise_draws(n_envs)).cpu().numpy()
         return unscale_rows(self.base_policy, normalized), normalized
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any
 
@@ -12,14 +11,6 @@ from gymnasium import spaces
 
 from sb3_flow.policies.flow_policy import FlowPolicy
 from sb3_flow.policies.loading import BaseFlowPolicySource, load_flow_policy
-
-
-def _callers_policy(source: BaseFlowPolicySource) -> FlowPolicy | None:
-    """The FlowPolicy object the caller handed over (itself, or a model's ``.policy``), if any."""
-    if isinstance(source, FlowPolicy):
-        return source
-    policy = getattr(source, "policy", None)
-    return policy if isinstance(policy, FlowPolicy) else None
 
 
 def frozen_base_policy(
@@ -37,10 +28,8 @@ def frozen_base_policy(
     :param action_space: the environment's action space (checked against the policy's)
     :return: a policy object of its own: the caller's policy keeps its device, training mode and gradients
     """
+    # load_flow_policy always hands over a new FlowPolicy (the flow only), so freezing it leaves the caller's alone.
     policy = load_flow_policy(source, device, observation_space, action_space)
-    if policy is _callers_policy(source):
-        # load_flow_policy hands over a copy of the flow; should it ever return the caller's object, freeze a copy.
-        policy = copy.deepcopy(policy)
     policy.set_training_mode(False)
     policy.requires_grad_(False)
     return policy
