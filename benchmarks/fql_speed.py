@@ -8,7 +8,7 @@ one observation, ``--predict-calls`` calls per repeat, FQL (one forward pass of 
 and against FlowBC's K-step integration.
 Targets (issue 12): FQL >= 2x FBRAC's gradient steps/s at K = 10; FQL's ``predict`` at batch 1 <= 1.2x SAC's.
 
-    python -m benchmarks.fql_speed [--hidden 256 256] [--batch-size 256] [--repeats 5] [--chunk 100]
+    python -m benchmarks.fql_speed [--hidden 256 256] [--batch-size 256] [--repeats 5] [--chunk 100] [--device cuda]
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from sb3_flow.experiments import pendulum_swing_up
 ENV_ID = "Pendulum-v1"
 
 
-def sac_with_dataset(demos: Any, hidden: list[int], batch_size: int) -> SAC:
+def sac_with_dataset(demos: Any, hidden: list[int], batch_size: int, device: str = "cpu") -> SAC:
     """SB3's SAC with its replay buffer holding the dataset (actions normalized as SAC stores them)."""
-    model = SAC("MlpPolicy", ENV_ID, batch_size=batch_size, policy_kwargs={"net_arch": hidden}, device="cpu", seed=0)
+    model = SAC("MlpPolicy", ENV_ID, batch_size=batch_size, policy_kwargs={"net_arch": hidden}, device=device, seed=0)
     model._setup_learn(1, None)  # the logger that train() records to
     actions = model.policy.scale_action(demos.actions)
     for row in range(len(demos)):
@@ -44,11 +44,11 @@ def sac_with_dataset(demos: Any, hidden: list[int], batch_size: int) -> SAC:
     return model
 
 
-def flow_model(algorithm: type, demos: Any, hidden: list[int], batch_size: int, n_flow_steps: int) -> Any:
+def flow_model(algorithm: type, demos: Any, hidden: list[int], batch_size: int, n_flow_steps: int, device: str = "cpu") -> Any:
     policy_kwargs = {"net_arch": hidden, "critic_net_arch": hidden}
     model = algorithm(
         "MlpPolicy", ENV_ID, dataset=demos, batch_size=batch_size, n_flow_steps=n_flow_steps, policy_kwargs=policy_kwargs,
-        device="cpu", seed=0,
+        device=device, seed=0,
     )  # fmt: skip
     model._setup_learn(1, None)
     return model
@@ -76,15 +76,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=100, help="gradient steps per method per repeat")
     parser.add_argument("--predict-calls", type=int, default=1000)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="benchmark_output/fql_speed.json")
     args = parser.parse_args()
     set_torch_threads(1)
 
     demos = collect_demonstrations(ENV_ID, pendulum_swing_up, 20, action_noise=0.5, seed=0)
     models = {
-        "SAC": sac_with_dataset(demos, args.hidden, args.batch_size),
-        "FQL": flow_model(FQL, demos, args.hidden, args.batch_size, args.n_flow_steps),
-        "FBRAC": flow_model(FBRAC, demos, args.hidden, args.batch_size, args.n_flow_steps),
+        "SAC": sac_with_dataset(demos, args.hidden, args.batch_size, args.device),
+        "FQL": flow_model(FQL, demos, args.hidden, args.batch_size, args.n_flow_steps, args.device),
+        "FBRAC": flow_model(FBRAC, demos, args.hidden, args.batch_size, args.n_flow_steps, args.device),
     }
     for model in models.values():  # warm-up
         gradient_steps_per_second(model, 5)
@@ -98,7 +99,7 @@ def main() -> None:
         for name, policy in predictors.items():
             latency[name].append(predict_microseconds(policy, observation, args.predict_calls))
 
-    print(f"\nGradient steps/s, hidden {args.hidden}, batch {args.batch_size}, K = {args.n_flow_steps}")
+    print(f"\nGradient steps/s on {args.device}, hidden {args.hidden}, batch {args.batch_size}, K = {args.n_flow_steps}")
     print_speed_ratios(train_speeds, baseline="SAC")
     fql_over_fbrac = np.median(np.array(train_speeds["FQL"]) / np.array(train_speeds["FBRAC"]))
     print(f"\nFQL / FBRAC gradient steps/s: {fql_over_fbrac:.2f}x (median of per-repeat ratios; target >= 2x)")

@@ -1,21 +1,36 @@
 """sb3-flow: flow-matching policies for Stable-Baselines3."""
 
 from sb3_flow.bc import FlowBC, GaussianBC
+from sb3_flow.cfgrl import CFGRL
 from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations, from_minari
 from sb3_flow.common.utils import set_torch_threads
 from sb3_flow.dsrl import DSRLNA
 from sb3_flow.fbrac import FBRAC
 from sb3_flow.fpo import FlowPPO
 from sb3_flow.fql import FQL
-from sb3_flow.policies import FlowPolicy, GaussianPolicy, load_flow_policy
+from sb3_flow.ifql import IFQL
+from sb3_flow.policies import (
+    BestOfNPolicy,
+    ConditionalFlowPolicy,
+    CriticGuidedPolicy,
+    FlowPolicy,
+    GaussianPolicy,
+    ReturnHeadFlowPolicy,
+    load_flow_policy,
+)
 from sb3_flow.reinflow import ReinFlow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CFGRL",
     "DSRLNA",
     "FBRAC",
     "FQL",
+    "IFQL",
+    "BestOfNPolicy",
+    "ConditionalFlowPolicy",
+    "CriticGuidedPolicy",
     "Demonstrations",
     "FlowBC",
     "FlowPPO",
@@ -23,6 +38,7 @@ __all__ = [
     "GaussianBC",
     "GaussianPolicy",
     "ReinFlow",
+    "ReturnHeadFlowPolicy",
     "collect_demonstrations",
     "from_minari",
     "load_flow_policy",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import os
 import pickle
 import re
@@ -19,15 +20,30 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_flow.common.critics import check_expectile
 from sb3_flow.common.experts import EXPERT_ALGOS, expert_cache_path
 from sb3_flow.common.files import existing_file, with_suffix_if_missing
 from sb3_flow.common.utils import check_finite_number, check_policy_matches_env, check_positive_int, set_torch_threads
 from sb3_flow.demo import DemoConfig
-from sb3_flow.registry import all_algorithms
+from sb3_flow.registry import SB3_FLOW_ALGORITHMS, all_algorithms, offline_algorithms
 
 DEFAULT_ENV = "Pendulum-v1"
-# The algorithms that learn from a dataset and a critic, offline then online (`sb3-flow offline --algo`).
-OFFLINE_ALGORITHMS = ("fql", "fbrac")
+# The algorithms that learn from a dataset and a critic, offline then online (`sb3-flow offline --algo`): the
+# registry's FlowOffPolicyAlgorithm subclasses (fql, fbrac, ifql, cfgrl), which the offline command builds alike.
+OFFLINE_ALGORITHMS = offline_algorithms()
+# `offline` options that only some algorithms take, by their argparse dest, which is the constructor argument they set.
+# Which algorithms take one is read from the constructors (see offline_algorithms_taking), so that the help and the
+# errors follow the algorithms' own signatures.
+ALGORITHM_OPTIONS = ("alpha", "normalize_q_loss", "expectile", "n_samples", "guidance_weight")
+# `evaluate`'s test-time knobs, by their dest, which is the policy attribute they set, with what has that attribute (for
+# the help and for the error when the loaded policy lacks it).
+POLICY_KNOBS: dict[str, str] = {
+    "n_samples": "a policy that draws N actions and keeps the best by Q: IFQL, a saved BestOfNPolicy, or CFGRL (best-of-N "
+    "on top of its guidance)",
+    "guidance_weight": "a classifier-free-guided flow: CFGRL, a saved ConditionalFlowPolicy",
+    "guidance_scale": "a critic-gradient-guided flow: a FlowBC model trained with ReturnHeadFlowPolicy, a saved "
+    "ReturnHeadFlowPolicy or CriticGuidedPolicy",
+}
 # What a user can cause with a wrong argument, file or environment: reported in one line, never as a traceback.
 # (Anything else is a bug in sb3-flow and keeps its traceback.)
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
@@ -73,6 +89,22 @@ positive_float = _number_type(
 non_negative_float = _number_type(
     float, lambda value: check_finite_number(value, "value", minimum=0.0), "a finite number >= 0"
 )
+finite_float = _number_type(float, lambda value: check_finite_number(value, "value"), "a finite number")
+expectile_float = _number_type(float, check_expectile, "a number in (0, 1)")
+
+
+def offline_algorithms_taking(option: str) -> tuple[str, ...]:
+    """
+    The algorithms of ``sb3-flow offline`` whose constructor takes ``option`` (e.g. ``alpha``: fql, fbrac).
+
+    :param option: a constructor argument, as the option's argparse dest
+    """
+    return tuple(name for name in OFFLINE_ALGORITHMS if option in inspect.signature(SB3_FLOW_ALGORITHMS[name]).parameters)
+
+
+def _only(option: str) -> str:
+    """The end of an algorithm-specific option's help: which algorithms take it."""
+    return f" [{', '.join(offline_algorithms_taking(option))} only]"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -263,10 +295,16 @@ def _add_dataset(commands: Any) -> None:
 def _add_offline(commands: Any) -> None:
     offline = commands.add_parser(
         "offline",
-        help="offline RL from a dataset file (FQL or FBRAC), then optional online fine-tuning on the same buffer",
+        help="offline RL from a dataset file (FQL, FBRAC, IFQL or CFGRL), then optional online fine-tuning on the same buffer",
         formatter_class=_HelpFormatter,
     )
-    offline.add_argument("--algo", choices=OFFLINE_ALGORITHMS, default="fql", help="FQL, or the backprop-through-time FBRAC")
+    offline.add_argument(
+        "--algo",
+        choices=OFFLINE_ALGORITHMS,
+        default="fql",
+        help="fql: FQL's one-step policy; fbrac: its backprop-through-time baseline; ifql: a BC flow, IQL critics and "
+        "best-of-N; cfgrl: a flow conditioned on IQL advantages, sampled with guidance",
+    )
     offline.add_argument(
         "--env",
         default=DEFAULT_ENV,
@@ -294,29 +332,61 @@ def _add_offline(commands: Any) -> None:
         type=non_negative_float,
         default=None,
         help="FQL's distillation weight or FBRAC's BC weight (default: the algorithm's, FQL 10 and FBRAC 1; FQL's "
-        "authors: 300 on cube and scene, 1000 on puzzle)",
+        "authors: 300 on cube and scene, 1000 on puzzle)" + _only("alpha"),
     )
     offline.add_argument(
         "--normalize-q-loss",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="divide the policy's Q term by mean |Q| (default: the algorithm's, FQL off and FBRAC on)",
+        help="divide the policy's Q term by mean |Q| (default: the algorithm's, FQL off and FBRAC on)"
+        + _only("normalize_q_loss"),
     )
-    offline.add_argument("--q-agg", choices=("mean", "min"), default="mean", help="aggregation of the critics in the target")
-    offline.add_argument("--n-flow-steps", type=positive_int, default=10, help="integration steps K of the flow")
+    offline.add_argument(
+        "--expectile",
+        type=expectile_float,
+        default=None,
+        help="IQL expectile of the value loss (default: the algorithm's, 0.9; IDQL: 0.7)" + _only("expectile"),
+    )
+    offline.add_argument(
+        "--n-samples",
+        type=positive_int,
+        default=None,
+        help="actions drawn per decision, the best by Q kept (default: the algorithm's, 32; a test-time knob: "
+        "sb3-flow evaluate --n-samples)" + _only("n_samples"),
+    )
+    offline.add_argument(
+        "--guidance-weight",
+        type=finite_float,
+        default=None,
+        help="guidance weight w toward the optimal actions (0: BC, 1: conditioned; default: the algorithm's, 1; a "
+        "test-time knob: sb3-flow evaluate --guidance-weight)" + _only("guidance_weight"),
+    )
+    offline.add_argument(
+        "--q-agg",
+        choices=("mean", "min"),
+        default=None,
+        help="aggregation of the critics in the TD target, or in IFQL's and CFGRL's value loss and action scores "
+        "(default: the algorithm's, FQL and FBRAC mean, IFQL and CFGRL min)",
+    )
+    offline.add_argument(
+        "--n-flow-steps",
+        type=positive_int,
+        default=None,
+        help="integration steps K of the flow (default: the algorithm's, 10; CFGRL 16)",
+    )
     offline.add_argument(
         "--net-arch",
         type=positive_int,
         nargs="+",
         default=None,
-        help="hidden sizes of the flow and the one-step policy (default: 512 512 512 512, FQL's)",
+        help="hidden sizes of the flow and FQL's one-step policy (default: 512 512 512 512, FQL's)",
     )
     offline.add_argument(
         "--critic-net-arch",
         type=positive_int,
         nargs="+",
         default=None,
-        help="hidden sizes of each Q network (default: --net-arch)",
+        help="hidden sizes of each Q network and of IFQL's and CFGRL's V network (default: --net-arch)",
     )
     offline.add_argument("--batch-size", type=positive_int, default=256, help="minibatch size")
     offline.add_argument("--learning-rate", type=positive_float, default=3e-4, help="learning rate")
@@ -363,6 +433,24 @@ def _add_evaluate(commands: Any) -> None:
     )
     evaluate.add_argument("--episodes", type=positive_int, default=10, help="evaluation episodes")
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions (default: deterministic)")
+    evaluate.add_argument(
+        "--n-samples",
+        type=positive_int,
+        default=None,
+        help=f"set policy.n_samples, N actions drawn per decision (default: as saved), on {POLICY_KNOBS['n_samples']}",
+    )
+    evaluate.add_argument(
+        "--guidance-weight",
+        type=finite_float,
+        default=None,
+        help=f"set policy.guidance_weight, w (default: as saved), on {POLICY_KNOBS['guidance_weight']}",
+    )
+    evaluate.add_argument(
+        "--guidance-scale",
+        type=finite_float,
+        default=None,
+        help=f"set policy.guidance_scale, lambda (default: as saved), on {POLICY_KNOBS['guidance_scale']}",
+    )
     _add_common(evaluate)
 
 
@@ -588,15 +676,39 @@ def _final_evaluation(model: BaseAlgorithm, args: argparse.Namespace, ogbench_na
     return f"evaluation over {episodes} episodes: {mean:.1f} ± {std:.1f}"
 
 
+def _algorithm_options(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    The constructor arguments the command line sets for ``--algo``: the options given (those left out keep the
+    algorithm's own defaults, e.g. IFQL's ``q_agg="min"``).
+
+    :raises ValueError: naming the option and the algorithms that take it, for an option ``--algo`` does not take
+    """
+    options: dict[str, Any] = {}
+    for name in ALGORITHM_OPTIONS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        takers = offline_algorithms_taking(name)
+        if args.algo not in takers:
+            flag = f"--{'no-' if value is False else ''}{name.replace('_', '-')}"
+            raise ValueError(f"{flag} is an option of --algo {' and '.join(takers)}; --algo {args.algo} does not take it")
+        options[name] = value
+    for name in ("q_agg", "n_flow_steps"):  # every algorithm's, with defaults of its own
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    return options
+
+
 def _offline(args: argparse.Namespace) -> int:
     from stable_baselines3.common.callbacks import EvalCallback
     from stable_baselines3.common.monitor import Monitor
 
     from sb3_flow.common.demonstrations import Demonstrations
-    from sb3_flow.registry import SB3_FLOW_ALGORITHMS
 
     if args.steps == 0 and args.online_steps == 0:
         raise ValueError("nothing to train: --steps and --online-steps are both 0")
+    # Before the dataset is read: an option the algorithm does not take is a mistake in the command line, not a default.
+    options = _algorithm_options(args)
     out = args.out or f"{args.algo}.zip"
     _check_output(out, "--out")
     if args.save_replay_buffer:
@@ -610,11 +722,6 @@ def _offline(args: argparse.Namespace) -> int:
     summary = data.summary()
     print(f"dataset {args.dataset}: {summary['n_transitions']} transitions, {summary['n_episodes']} episodes")
     env = _make_env(args.env, ogbench_name)
-    options: dict[str, Any] = {}
-    if args.alpha is not None:
-        options["alpha"] = args.alpha
-    if args.normalize_q_loss is not None:
-        options["normalize_q_loss"] = args.normalize_q_loss
     policy_kwargs: dict[str, Any] = {}
     if args.net_arch is not None:
         policy_kwargs["net_arch"] = list(args.net_arch)
@@ -626,8 +733,6 @@ def _offline(args: argparse.Namespace) -> int:
         dataset=data,
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
-        q_agg=args.q_agg,
-        n_flow_steps=args.n_flow_steps,
         learning_starts=args.learning_starts,
         policy_kwargs=policy_kwargs,
         tensorboard_log=args.tensorboard_log,
@@ -802,6 +907,7 @@ def _evaluate_ogbench(args: argparse.Namespace, ogbench_name: str) -> int:
                 "is measured on the raw environment; evaluate the run without an OGBench --env"
             )
     loaded, name = load_any(path, args.algo, device="cpu")
+    knobs = _set_policy_knobs(loaded, name, args)
     env = make_ogbench_env(ogbench_name)
     try:
         _check_spaces(loaded, env, path, "OGBench environment")
@@ -810,8 +916,36 @@ def _evaluate_ogbench(args: argparse.Namespace, ogbench_name: str) -> int:
     rate = ogbench_success_rate(
         loaded, ogbench_name, n_episodes=args.episodes, seed=args.seed, deterministic=not args.stochastic
     )
-    print(f"{args.path} ({name}) on OGBench {ogbench_name}, {args.episodes} episodes: success rate {rate:.0%}")
+    print(f"{args.path} ({name}{knobs}) on OGBench {ogbench_name}, {args.episodes} episodes: success rate {rate:.0%}")
     return 0
+
+
+def _set_policy_knobs(loaded: Any, name: str, args: argparse.Namespace) -> str:
+    """
+    Set the test-time knobs given on the command line (``--n-samples``, ...) on the loaded model's policy, or on the
+    loaded policy itself; the policy's own setters check the values. Nothing is saved.
+
+    :param loaded: what ``load_any`` returned
+    :param name: the name it was loaded as
+    :param args: the parsed arguments
+    :return: the knobs as set, read back from the policy, for the printed line (", n_samples=4"; "" when none)
+    :raises ValueError: naming the option and what has the attribute, when the policy lacks it
+    """
+    policy = loaded.policy if isinstance(loaded, BaseAlgorithm) else loaded
+    owner = f"the {name} model's policy" if isinstance(loaded, BaseAlgorithm) else "the saved policy"
+    settings = []
+    for knob, expected in POLICY_KNOBS.items():
+        value = getattr(args, knob)
+        if value is None:
+            continue
+        option = f"--{knob.replace('_', '-')}"
+        if not hasattr(policy, knob):
+            raise ValueError(
+                f"{option} sets policy.{knob}, which {owner} ({type(policy).__name__}) does not have; it applies to {expected}"
+            )
+        setattr(policy, knob, value)
+        settings.append(f", {knob}={getattr(policy, knob):g}")
+    return "".join(settings)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -825,10 +959,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _evaluate_ogbench(args, ogbench_name)
     path = existing_file(args.path, ".zip", what="saved model or policy")
     loaded, name = load_any(path, args.algo, device="cpu")
+    knobs = _set_policy_knobs(loaded, name, args)
     env, env_id, note = _evaluation_env(args, path)
     _check_spaces(loaded, env, path, note)
     mean, std = evaluate_policy(loaded, env, n_eval_episodes=args.episodes, deterministic=not args.stochastic)
-    print(f"{args.path} ({name}) on {env_id}, {note}, {args.episodes} episodes: {mean:.1f} ± {std:.1f}")
+    print(f"{args.path} ({name}{knobs}) on {env_id}, {note}, {args.episodes} episodes: {mean:.1f} ± {std:.1f}")
     return 0
 
 

@@ -20,13 +20,16 @@ from stable_baselines3 import A2C, DDPG, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 
+from sb3_flow.bases.off_policy import FlowOffPolicyAlgorithm
 from sb3_flow.bc import FlowBC, GaussianBC
+from sb3_flow.cfgrl import CFGRL
 from sb3_flow.common.files import SAVED_BY_KEY, existing_file, is_model_zip
 from sb3_flow.dsrl import DSRLNA
 from sb3_flow.fbrac import FBRAC
 from sb3_flow.fpo import FlowPPO
 from sb3_flow.fql import FQL
-from sb3_flow.policies import FlowPolicy, GaussianPolicy
+from sb3_flow.ifql import IFQL
+from sb3_flow.policies import BestOfNPolicy, CriticGuidedPolicy, FlowPolicy, GaussianPolicy
 from sb3_flow.reinflow import ReinFlow
 
 # sb3-flow's own algorithms, by the name the CLI and the Zoo use; each later algorithm adds one line here.
@@ -38,14 +41,25 @@ SB3_FLOW_ALGORITHMS: dict[str, type[BaseAlgorithm]] = {
     "dsrl_na": DSRLNA,
     "fql": FQL,
     "fbrac": FBRAC,
+    "ifql": IFQL,
+    "cfgrl": CFGRL,
 }
 SB3_ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO, "td3": TD3, "a2c": A2C, "ddpg": DDPG}
-POLICY_CLASSES: tuple[type[BasePolicy], ...] = (FlowPolicy, GaussianPolicy)
+# The classes of the files written by ``policy.save`` that ``load_any`` (and ``sb3-flow evaluate``) reads, tried in turn:
+# each refuses another's file (or a foreign one) with a ValueError. A FlowPolicy subclass with constructor arguments of
+# its own (the return head's, a conditional flow's) cannot be built as a FlowPolicy, so it is listed itself.
+# (BestOfNPolicy and CriticGuidedPolicy files are not listed: their load lets torch's KeyError on a foreign file through.)
+POLICY_CLASSES: tuple[type[BasePolicy], ...] = (
+    FlowPolicy,  # builds the subclass that saved the file (a return head, a conditional flow)
+    GaussianPolicy,
+    BestOfNPolicy,
+    CriticGuidedPolicy,
+)
 
-# The sb3-flow algorithms the RL-Zoo can train from an environment id and a YAML of hyperparameters alone (FQL and
-# FBRAC online from scratch, or with a `dataset:` and `offline_steps:` in the YAML). Not the BC trainers: they learn
-# from a demonstrations file only. (An algorithm added above joins here only once the Zoo can run it.)
-ZOO_ALGORITHMS: tuple[str, ...] = ("flow_ppo", "reinflow", "dsrl_na", "fql", "fbrac")
+# The sb3-flow algorithms the RL-Zoo can train from an environment id and a YAML of hyperparameters alone (FQL, FBRAC,
+# IFQL and CFGRL online from scratch, or with a `dataset:` and `offline_steps:` in the YAML). Not the BC trainers: they
+# learn from a demonstrations file only. (An algorithm added above joins here only once the Zoo can run it.)
+ZOO_ALGORITHMS: tuple[str, ...] = ("flow_ppo", "reinflow", "dsrl_na", "fql", "fbrac", "ifql", "cfgrl")
 
 
 def all_algorithms() -> dict[str, type[BaseAlgorithm]]:
@@ -56,6 +70,15 @@ def all_algorithms() -> dict[str, type[BaseAlgorithm]]:
 def zoo_algorithms() -> dict[str, type[BaseAlgorithm]]:
     """sb3-flow's algorithms offered to the RL-Zoo, by Zoo name."""
     return {name: SB3_FLOW_ALGORITHMS[name] for name in ZOO_ALGORITHMS}
+
+
+def offline_algorithms() -> tuple[str, ...]:
+    """
+    sb3-flow's algorithms that learn from a dataset (``dataset=``, ``learn_offline``, then ``learn`` online on the same
+    buffer), by name: the subclasses of :class:`~sb3_flow.bases.off_policy.FlowOffPolicyAlgorithm` (FQL, FBRAC, IFQL,
+    CFGRL). The one place ``sb3-flow offline`` and the Zoo's dataset checks take their list from.
+    """
+    return tuple(name for name, algorithm in SB3_FLOW_ALGORITHMS.items() if issubclass(algorithm, FlowOffPolicyAlgorithm))
 
 
 def _read_raw_model_data(path: str) -> dict[str, Any]:
@@ -198,7 +221,8 @@ def load_any(path: str | os.PathLike, algo: str | None = None, device: str = "au
     errors = []
     for policy_class in POLICY_CLASSES:
         try:
-            return policy_class.load(path, device=device), policy_class.__name__
+            policy = policy_class.load(path, device=device)
+            return policy, type(policy).__name__  # the subclass that saved it (FlowPolicy.load builds it)
         except (ValueError, FileNotFoundError) as error:
             errors.append(f"{policy_class.__name__}: {type(error).__name__}")
     raise ValueError(f"{path} is neither a saved model of {sorted(algorithms)} nor a saved policy ({'; '.join(errors)})")

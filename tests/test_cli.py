@@ -9,7 +9,19 @@ import numpy as np
 import pytest
 from stable_baselines3 import SAC
 
-from sb3_flow import DSRLNA, FBRAC, FQL, FlowBC, FlowPPO, GaussianBC, ReinFlow
+from sb3_flow import (
+    CFGRL,
+    DSRLNA,
+    FBRAC,
+    FQL,
+    IFQL,
+    ConditionalFlowPolicy,
+    FlowBC,
+    FlowPPO,
+    GaussianBC,
+    ReinFlow,
+    ReturnHeadFlowPolicy,
+)
 from sb3_flow.cli import main, ogbench_dataset_name
 from sb3_flow.common.demonstrations import Demonstrations
 from sb3_flow.common.experts import expert_cache_path, train_expert
@@ -163,6 +175,12 @@ def saved_models(tmp_path_factory, pendulum_demos):
         "dsrl_na": DSRLNA("MlpPolicy", "Pendulum-v1", base_policy=flow_bc, buffer_size=10, policy_kwargs=small()),
         "fql": FQL("MlpPolicy", "Pendulum-v1", buffer_size=10, n_flow_steps=2, policy_kwargs=tiny_flow_q()),
         "fbrac": FBRAC("MlpPolicy", "Pendulum-v1", buffer_size=10, n_flow_steps=2, policy_kwargs=tiny_flow_q()),
+        "ifql": IFQL("MlpPolicy", "Pendulum-v1", buffer_size=10, n_flow_steps=2, n_samples=2, policy_kwargs=tiny_flow_q()),
+        "cfgrl": CFGRL("MlpPolicy", "Pendulum-v1", buffer_size=10, n_flow_steps=2, policy_kwargs=tiny_flow_q()),
+        # A FlowBC model whose policy is guided up its return head's gradient (guidance_scale, a test-time knob).
+        "flow_bc_return_head": FlowBC(
+            ReturnHeadFlowPolicy, "Pendulum-v1", pendulum_demos, n_flow_steps=2, policy_kwargs=small()
+        ).learn(2),
     }
     paths = {}
     for name, model in models.items():
@@ -192,7 +210,9 @@ def test_detection_tells_apart_sb3_algorithms_that_share_a_policy(name, tmp_path
     assert loaded_as == name and type(loaded) is algorithm
 
 
-@pytest.mark.parametrize("name", ["flow_bc", "gaussian_bc", "flow_ppo", "reinflow", "dsrl_na", "fql", "fbrac"])
+@pytest.mark.parametrize(
+    "name", ["flow_bc", "gaussian_bc", "flow_ppo", "reinflow", "dsrl_na", "fql", "fbrac", "ifql", "cfgrl"]
+)
 def test_detection_of_sb3_flow_models_with_and_without_the_saved_by_record(name, saved_models, tmp_path):
     assert detect_algorithm(saved_models[name]) == name
     # Files that do not record their algorithm are told apart by their policy class and saved settings.
@@ -359,7 +379,7 @@ def test_offline_fbrac_evaluates_during_pretraining_and_keeps_its_options(tmp_pa
     assert model.policy.net_arch == [8] and model.policy.critic_net_arch == [16]
 
 
-@pytest.mark.parametrize("name", ["fql", "fbrac"])
+@pytest.mark.parametrize("name", ["fql", "fbrac", "ifql", "cfgrl"])
 def test_evaluate_labels_fql_and_fbrac_models(name, saved_models, capsys):
     assert main(["evaluate", str(saved_models[name]), "--episodes", "1"]) == 0
     assert f"({name}) on Pendulum-v1" in capsys.readouterr().out
@@ -472,3 +492,139 @@ def test_offline_and_dataset_failures_are_one_line(argv, message, tmp_path, pend
     argv = [arg.format(dataset=pendulum_dataset, tmp=tmp_path) for arg in argv]
     assert main(argv) == 2
     assert message in _one_error_line(capsys, argv[0])
+
+
+# ----- IFQL and CFGRL: offline options that only some algorithms take, and evaluate's test-time knobs -----
+
+
+def test_offline_ifql_keeps_its_options_and_its_own_defaults(tmp_path, pendulum_dataset, capsys):
+    model_path = tmp_path / "ifql.zip"
+    argv = ["offline", "--algo", "ifql", "--dataset", pendulum_dataset, "--steps", "10", "--online-steps", "20"]
+    argv += ["--expectile", "0.8", "--n-samples", "4", *TINY_OFFLINE, "--out", str(model_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ifql, 10 offline gradient steps, 20 environment steps" in out and "evaluation over 1 episodes: " in out
+    model = IFQL.load(model_path, env="Pendulum-v1")
+    assert model.n_offline_steps == 10 and model.num_timesteps == 20 and model._n_updates == 30
+    assert model.expectile == 0.8 and model.n_samples == 4 and model.policy.n_samples == 4
+    # No --q-agg: IFQL's own "min" (the authors'), not the "mean" of FQL the command once passed to every algorithm.
+    assert model.q_agg == "min" and model.policy.q_agg == "min"
+    assert model.policy.net_arch == [8] and model.policy.critic_net_arch == [8] and model.policy.n_flow_steps == 2
+
+
+def test_offline_cfgrl_keeps_its_options_and_its_own_defaults(tmp_path, pendulum_dataset, capsys):
+    model_path = tmp_path / "cfgrl.zip"
+    argv = ["offline", "--algo", "cfgrl", "--dataset", pendulum_dataset, "--steps", "10", "--guidance-weight", "2.5"]
+    argv += ["--expectile", "0.7", "--net-arch", "8", "--batch-size", "32", "--eval-episodes", "1"]
+    assert main([*argv, "--out", str(model_path)]) == 0
+    assert "cfgrl, 10 offline gradient steps, 0 environment steps" in capsys.readouterr().out
+    model = CFGRL.load(model_path, env="Pendulum-v1")
+    assert model.n_offline_steps == 10 and model.expectile == 0.7 and model.q_agg == "min"
+    assert model.guidance_weight == 2.5 and model.policy.guidance_weight == 2.5
+    assert model.policy.n_flow_steps == 16  # no --n-flow-steps: CFGRL's own K (the authors'), not FQL's 10
+
+
+@pytest.mark.parametrize(
+    ("algo", "option", "message"),
+    [
+        ("ifql", ["--alpha", "3"], "--alpha is an option of --algo fql and fbrac; --algo ifql does not take it"),
+        ("cfgrl", ["--no-normalize-q-loss"], "--no-normalize-q-loss is an option of --algo fql and fbrac; --algo cfgrl"),
+        ("fql", ["--expectile", "0.8"], "--expectile is an option of --algo ifql and cfgrl; --algo fql does not take it"),
+        ("cfgrl", ["--n-samples", "4"], "--n-samples is an option of --algo ifql; --algo cfgrl does not take it"),
+        ("ifql", ["--guidance-weight", "2"], "--guidance-weight is an option of --algo cfgrl; --algo ifql does not take it"),
+    ],
+)
+def test_offline_refuses_an_option_the_algorithm_does_not_take(algo, option, message, tmp_path, pendulum_dataset, capsys):
+    argv = ["offline", "--algo", algo, "--dataset", pendulum_dataset, *option, *TINY_OFFLINE, "--out", str(tmp_path / "m")]
+    assert main(argv) == 2
+    assert message in _one_error_line(capsys, "offline")
+    assert not (tmp_path / "m.zip").exists()
+
+
+@pytest.fixture
+def evaluated_policies(monkeypatch):
+    """The policies `sb3-flow evaluate` really evaluates (SB3's evaluate_policy, recorded, then run)."""
+    import sb3_flow.cli
+
+    policies = []
+    evaluate_policy = sb3_flow.cli.evaluate_policy
+
+    def recording(model, *args, **kwargs):
+        policies.append(getattr(model, "policy", model))
+        return evaluate_policy(model, *args, **kwargs)
+
+    monkeypatch.setattr(sb3_flow.cli, "evaluate_policy", recording)
+    return policies
+
+
+@pytest.mark.parametrize(
+    ("name", "knob", "value"),
+    [("ifql", "n_samples", "4"), ("cfgrl", "guidance_weight", "2.5"), ("cfgrl", "n_samples", "3")],
+)
+def test_evaluate_sets_the_test_time_knobs_of_ifql_and_cfgrl(name, knob, value, saved_models, evaluated_policies, capsys):
+    argv = ["evaluate", str(saved_models[name]), "--episodes", "1", f"--{knob.replace('_', '-')}", value]
+    assert main(argv) == 0
+    assert f"({name}, {knob}={float(value):g}) on Pendulum-v1, raw environment, 1 episodes" in capsys.readouterr().out
+    (policy,) = evaluated_policies
+    assert getattr(policy, knob) == float(value)  # what acted in the episodes, not only what was printed
+    # Nothing is written back: the file keeps its own setting.
+    saved, _ = load_any(saved_models[name])
+    assert getattr(saved.policy, knob) == {"n_samples": 2 if name == "ifql" else 1, "guidance_weight": 1.0}[knob]
+
+
+def test_evaluate_sets_the_guidance_of_a_return_head_model_and_of_saved_guided_policies(
+    tmp_path, saved_models, evaluated_policies, capsys
+):
+    path = str(saved_models["flow_bc_return_head"])
+    assert main(["evaluate", path, "--episodes", "1", "--guidance-scale", "0.5"]) == 0
+    assert "(flow_bc, guidance_scale=0.5) on Pendulum-v1" in capsys.readouterr().out
+    assert isinstance(evaluated_policies[-1], ReturnHeadFlowPolicy) and evaluated_policies[-1].guidance_scale == 0.5
+
+    # Files written by policy.save: a FlowPolicy subclass with arguments of its own loads as itself, knobs included.
+    load_any(saved_models["flow_bc_return_head"])[0].policy.save(tmp_path / "return_head.pt")
+    load_any(saved_models["cfgrl"])[0].policy.bc_policy.save(tmp_path / "conditional.pt")
+    assert main(["evaluate", str(tmp_path / "return_head.pt"), "--episodes", "1", "--guidance-scale", "0.2"]) == 0
+    assert "(ReturnHeadFlowPolicy, guidance_scale=0.2) on Pendulum-v1" in capsys.readouterr().out
+    assert isinstance(evaluated_policies[-1], ReturnHeadFlowPolicy) and evaluated_policies[-1].guidance_scale == 0.2
+    assert main(["evaluate", str(tmp_path / "conditional.pt"), "--episodes", "1", "--guidance-weight", "0"]) == 0
+    assert "(ConditionalFlowPolicy, guidance_weight=0) on Pendulum-v1" in capsys.readouterr().out
+    assert isinstance(evaluated_policies[-1], ConditionalFlowPolicy) and evaluated_policies[-1].guidance_weight == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "message"),
+    [
+        ("fql", ["--n-samples", "4"], "--n-samples sets policy.n_samples, which the fql model's policy (FQLPolicy) does"),
+        ("ifql", ["--guidance-weight", "2"], "policy.guidance_weight, which the ifql model's policy (InSampleFlowQPolicy)"),
+        ("flow_bc", ["--guidance-scale", "0.5"], "the flow_bc model's policy (FlowPolicy) does not have; it applies to a"),
+        ("flow_bc_policy", ["--n-samples", "4"], "which the saved policy (FlowPolicy) does not have; it applies to a policy"),
+    ],
+)
+def test_evaluate_refuses_a_knob_the_policy_does_not_have(name, option, message, tmp_path, saved_models, capsys):
+    if name == "flow_bc_policy":
+        path = tmp_path / "policy.pt"
+        load_any(saved_models["flow_bc"])[0].policy.save(path)
+    else:
+        path = saved_models[name]
+    assert main(["evaluate", str(path), "--episodes", "1", *option]) == 2
+    line = _one_error_line(capsys, "evaluate")
+    assert message in line
+    expected = {"--n-samples": "IFQL", "--guidance-weight": "CFGRL", "--guidance-scale": "ReturnHeadFlowPolicy"}
+    assert expected[option[0]] in line  # names what the knob is for
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "m.zip", "--n-samples", "0"], "argument --n-samples: must be a positive integer, got '0'"),
+        (["evaluate", "m.zip", "--guidance-weight", "nan"], "argument --guidance-weight: must be a finite number, got 'nan'"),
+        (["evaluate", "m.zip", "--guidance-scale", "inf"], "argument --guidance-scale: must be a finite number, got 'inf'"),
+        (["offline", "--dataset", "d.npz", "--expectile", "1"], "argument --expectile: must be a number in (0, 1), got '1'"),
+        (["offline", "--dataset", "d.npz", "--algo", "iql"], "argument --algo: invalid choice: 'iql'"),
+    ],
+)
+def test_argparse_rejects_bad_knob_values(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -16,7 +16,13 @@ from sb3_flow.cli import main as sb3_flow_main  # noqa: E402
 from sb3_flow.fpo import FlowPPO  # noqa: E402
 from sb3_flow.reinflow import ReinFlow  # noqa: E402
 from sb3_flow.zoo import COMMANDS, ZOO_ALGORITHMS, config_dir, main, register, with_config_file, zoo_algorithms  # noqa: E402
-from sb3_flow.zoo.samplers import sample_flow_ppo_params, sample_fql_params, sample_reinflow_params  # noqa: E402
+from sb3_flow.zoo.samplers import (  # noqa: E402
+    sample_cfgrl_params,
+    sample_flow_ppo_params,
+    sample_fql_params,
+    sample_ifql_params,
+    sample_reinflow_params,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # Small runs: the YAML's 8 environments become 2, rollouts and minibatches shrink.
@@ -29,7 +35,9 @@ def test_register_adds_the_registry_algorithms_and_samplers():
 
     # One list: the Zoo offers the registry's algorithms that train from an env id (not the BC trainers: they need demos).
     assert ZOO_ALGORITHMS is registry.ZOO_ALGORITHMS
-    assert set(ZOO_ALGORITHMS) == {"flow_ppo", "reinflow", "dsrl_na", "fql", "fbrac"}
+    assert set(ZOO_ALGORITHMS) == {"flow_ppo", "reinflow", "dsrl_na", "fql", "fbrac", "ifql", "cfgrl"}
+    # The algorithms that learn from a dataset are all offered, and are the off-policy flow core's subclasses.
+    assert set(registry.offline_algorithms()) == {"fql", "fbrac", "ifql", "cfgrl"} <= set(ZOO_ALGORITHMS)
     assert set(ZOO_ALGORITHMS) <= set(registry.SB3_FLOW_ALGORITHMS)
     assert zoo_algorithms() == {name: registry.SB3_FLOW_ALGORITHMS[name] for name in ZOO_ALGORITHMS}
     register()
@@ -64,9 +72,8 @@ def test_the_packaged_configs_are_package_data():
     package = Path(sys.modules["sb3_flow.zoo"].__file__).parent
     assert config_dir().parent == package
     shipped = {path for pattern in patterns for path in package.glob(pattern)}
-    assert {"flow_ppo.yml", "reinflow.yml", "dsrl_na.yml", "sac_dsrl.yml", "fql.yml", "fbrac.yml", "fql_offline.yml"} <= {
-        path.name for path in shipped
-    }
+    expected = {"flow_ppo.yml", "reinflow.yml", "dsrl_na.yml", "sac_dsrl.yml", "fql.yml", "fbrac.yml", "fql_offline.yml"}
+    assert expected | {"ifql.yml", "cfgrl.yml"} <= {path.name for path in shipped}
     assert shipped == set(config_dir().glob("*.yml"))
 
 
@@ -396,8 +403,8 @@ def test_a_missing_dataset_fails_before_any_env_naming_the_config_and_folder(tmp
 @pytest.mark.parametrize(
     ("hyperparams", "message"),
     [
-        ("offline_steps:10", "flow_ppo does not learn offline, so offline_steps cannot apply"),
-        ("dataset:'data.npz'", "flow_ppo takes no dataset"),
+        ("offline_steps:10", "flow_ppo does not learn offline, so offline_steps cannot apply (fql, fbrac, ifql, cfgrl do)"),
+        ("dataset:'data.npz'", "flow_ppo takes no dataset (the algorithms that learn from one: fql, fbrac, ifql, cfgrl)"),
     ],
 )
 def test_offline_keys_need_an_algorithm_that_learns_from_a_dataset(hyperparams, message, tmp_path, monkeypatch, capsys):
@@ -440,7 +447,7 @@ def test_offline_pretraining_callback_runs_once_and_leaves_the_online_run_as_it_
     assert model._total_timesteps == 10 and model._num_timesteps_at_start == 0
     model.learn(10, callback=OfflinePretraining(5), reset_num_timesteps=False)  # already pretrained: not again
     assert model.n_offline_steps == 5 and model.num_timesteps == 20 and model._n_updates == 25
-    with pytest.raises(TypeError, match="needs an algorithm that learns offline"):
+    with pytest.raises(TypeError, match=r"needs an algorithm that learns offline \(fql, fbrac, ifql, cfgrl\)"):
         FlowPPO("MlpPolicy", "Pendulum-v1", n_steps=16, batch_size=16).learn(16, callback=OfflinePretraining(5))
 
 
@@ -458,3 +465,88 @@ def test_sampled_fql_hyperparameters_build_a_model():
     assert params == {"alpha": 300.0, "normalize_q_loss": False, "learning_rate": 1e-4, "batch_size": 256}
     model = FQL("MlpPolicy", "Pendulum-v1", policy_kwargs={"net_arch": [8], "critic_net_arch": [8]}, **params)
     assert model.alpha == 300.0 and not model.normalize_q_loss and model.batch_size == 256
+
+
+# ----- IFQL and CFGRL: their packaged configs, a YAML with a dataset, their samplers -----
+
+
+@pytest.mark.parametrize("algo", ["ifql", "cfgrl"])
+def test_ifql_and_cfgrl_train_online_from_their_packaged_configs(algo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "--algo", algo, "--env", "Pendulum-v1", "-n", "100", "--seed", "0", "-f", "logs"]
+    assert main([*train, "--hyperparams", "learning_starts:50", "n_flow_steps:2", *TINY_FLOW_Q]) == 0
+    model = registry.SB3_FLOW_ALGORITHMS[algo].load(
+        tmp_path / "logs" / algo / "Pendulum-v1_1" / "Pendulum-v1.zip", env="Pendulum-v1"
+    )
+    # The packaged Pendulum entry's settings; updates after the 50 random-action steps only.
+    assert model.expectile == 0.9 and model.policy.net_arch == [8]
+    if algo == "ifql":
+        assert model.n_samples == 32 and model.policy.n_samples == 32
+    else:
+        assert model.guidance_weight == 1.0 and model.label_dropout == 0.1
+    assert model.num_timesteps == 100 and model.n_offline_steps == 0 and model._n_updates == 50
+
+
+@pytest.mark.parametrize(("algo", "knob", "value"), [("ifql", "n_samples", 4), ("cfgrl", "guidance_weight", 2.0)])
+def test_ifql_and_cfgrl_pretrain_on_a_yaml_dataset_then_replay(algo, knob, value, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from sb3_flow.common.demonstrations import collect_demonstrations
+    from sb3_flow.common.experts import pendulum_swing_up
+
+    monkeypatch.chdir(tmp_path)
+    demos = collect_demonstrations("Pendulum-v1", pendulum_swing_up, 1, action_noise=0.3, seed=0)
+    demos.save(tmp_path / "pendulum.npz")
+    entry = {
+        "n_timesteps": 40,
+        "policy": "MlpPolicy",
+        "dataset": "pendulum.npz",  # relative: read from the working directory, recorded absolute
+        "offline_steps": 10,
+        "expectile": 0.8,
+        knob: value,
+        "n_flow_steps": 2,
+        "batch_size": 32,
+        "policy_kwargs": "dict(net_arch=[8], critic_net_arch=[8])",
+    }
+    (tmp_path / f"{algo}_offline.yml").write_text(yaml.safe_dump({"Pendulum-v1": entry}))
+    train = ["train", "--algo", algo, "--env", "Pendulum-v1", "--conf-file", f"{algo}_offline.yml", "--seed", "0"]
+    assert main([*train, "-f", "logs"]) == 0
+    run = tmp_path / "logs" / algo / "Pendulum-v1_1"
+    model = registry.SB3_FLOW_ALGORITHMS[algo].load(run / "Pendulum-v1.zip", env="Pendulum-v1")
+    assert model.n_offline_steps == 10 and model.num_timesteps == 40 and model._n_updates == 50
+    assert model.expectile == 0.8 and getattr(model.policy, knob) == value
+    config = dict(yaml.load((run / "Pendulum-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader))
+    assert config["dataset"] == str(tmp_path / "pendulum.npz") and config["offline_steps"] == 10
+
+    assert main(["enjoy", "--algo", algo, "--env", "Pendulum-v1", "-f", "logs", "--no-render", "-n", "20"]) == 0
+    # sb3-flow evaluate finds the run's config and takes the test-time knob.
+    option = f"--{knob.replace('_', '-')}"
+    assert sb3_flow_main(["evaluate", str(run / "Pendulum-v1.zip"), "--episodes", "1", option, "3"]) == 0
+    assert f"({algo}, {knob}=3) on Pendulum-v1, with " in capsys.readouterr().out
+
+
+def test_sampled_ifql_and_cfgrl_hyperparameters_build_a_model():
+    from sb3_flow import CFGRL, IFQL
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    tiny = {"policy_kwargs": {"net_arch": [8], "critic_net_arch": [8]}, "buffer_size": 10}
+    trial = study.ask()
+    sample_ifql_params(trial, 1, 1, {})
+    assert set(trial.distributions["expectile"].choices) == {0.7, 0.8, 0.9}
+    assert set(trial.distributions["n_samples"].choices) == {8, 16, 32}
+    rate = trial.distributions["learning_rate"]
+    assert (rate.low, rate.high, rate.log) == (1e-4, 1e-3, True)
+    trial = study.ask()
+    sample_cfgrl_params(trial, 1, 1, {})
+    assert set(trial.distributions["guidance_weight"].choices) == {1.0, 1.5, 2.0, 3.0}
+    assert set(trial.distributions["label_dropout"].choices) == {0.1, 0.2}
+
+    common = {"expectile": 0.7, "learning_rate": 1e-4, "batch_size_pow": 7}
+    params = sample_ifql_params(optuna.trial.FixedTrial({**common, "n_samples": 8}), 1, 1, {})
+    assert params == {"expectile": 0.7, "learning_rate": 1e-4, "batch_size": 128, "n_samples": 8}
+    model = IFQL("MlpPolicy", "Pendulum-v1", **tiny, **params)
+    assert model.expectile == 0.7 and model.policy.n_samples == 8 and model.batch_size == 128
+    fixed = optuna.trial.FixedTrial({**common, "guidance_weight": 3.0, "label_dropout": 0.2})
+    params = sample_cfgrl_params(fixed, 1, 1, {})
+    model = CFGRL("MlpPolicy", "Pendulum-v1", **tiny, **params)
+    assert model.policy.guidance_weight == 3.0 and model.label_dropout == 0.2 and model.batch_size == 128

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
@@ -100,6 +100,8 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
 
     policy: FlowQPolicy
     replay_buffer: OfflineReplayBuffer | DictOfflineReplayBuffer
+    # Names of the policy's test-time knobs that the algorithm also takes as options (e.g. IFQL's n_samples).
+    policy_knobs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -177,8 +179,7 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         if not issubclass(self.replay_buffer_class, OfflineDataMixin):
             raise TypeError(f"{type(self).__name__}'s replay buffer must hold offline data (OfflineDataMixin)")
         user_policy_kwargs = self.policy_kwargs
-        if self.n_flow_steps is not None:
-            self.policy_kwargs = {**user_policy_kwargs, "n_flow_steps": self.n_flow_steps}
+        self.policy_kwargs = {**user_policy_kwargs, **self._policy_options()}
         try:
             super()._setup_model()
         finally:
@@ -193,6 +194,20 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_dataset_source", "_offline_env_steps"]
+
+    def _policy_options(self) -> dict[str, Any]:
+        """
+        Algorithm options that are the policy's arguments (``n_flow_steps``, and the test-time knobs of
+        ``policy_knobs``), merged into ``policy_kwargs`` when the policy is built.
+        """
+        options = {} if self.n_flow_steps is None else {"n_flow_steps": self.n_flow_steps}
+        options.update({name: getattr(self, name) for name in self.policy_knobs})
+        return options
+
+    def _sync_policy_knobs(self) -> None:
+        # A knob changed on the policy at test time (model.policy.n_samples = 4) is what a save records.
+        for name in self.policy_knobs:
+            setattr(self, name, getattr(self.policy, name))
 
     def add_dataset(self, dataset: DatasetSource) -> None:
         """
@@ -243,9 +258,20 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         """
         with th.no_grad():
             next_q = aggregate_q(self.policy.q_values(data.next_observations, next_actions, target=True), self.q_agg)
-            # A Python float (or the n-step buffer's tensor): never a CPU tensor beside CUDA ones.
-            discounts = data.discounts.flatten() if getattr(data, "discounts", None) is not None else self.gamma
-            return data.rewards.flatten() + (1.0 - data.dones.flatten()) * discounts * next_q
+            return self.bootstrapped_targets(data, next_q)
+
+    def bootstrapped_targets(self, data: ReplayBufferSamples, next_values: th.Tensor) -> th.Tensor:
+        """
+        ``r + gamma * (1 - terminated) * next_values``: the one place where terminations (not truncations) stop the
+        bootstrap.
+
+        :param data: a minibatch
+        :param next_values: values of the next observations, shape (batch,)
+        :return: shape (batch,)
+        """
+        # A Python float (or the n-step buffer's tensor): never a CPU tensor beside CUDA ones.
+        discounts = data.discounts.flatten() if getattr(data, "discounts", None) is not None else self.gamma
+        return data.rewards.flatten() + (1.0 - data.dones.flatten()) * discounts * next_values
 
     def critic_loss(self, data: ReplayBufferSamples, next_actions: th.Tensor) -> th.Tensor:
         """Squared TD error of every critic, averaged over critics and batch (FQL's critic loss)."""
@@ -361,6 +387,7 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
         """SB3's ``save`` (atomic); during :meth:`learn_offline` it records the environment-step count."""
+        self._sync_policy_knobs()
         if getattr(self, "_offline_env_steps", None) is None:
             super().save(path, exclude=exclude, include=include)
             return

@@ -20,9 +20,16 @@ from sb3_flow.common.demonstrations import Demonstrations, in_env_image_layout
 from sb3_flow.common.files import ModelFileMixin
 from sb3_flow.common.flow import PI0_BETA_PARAMS, TIME_SAMPLING_MODES, check_n_flow_steps, sample_times
 from sb3_flow.common.observations import index_rows, to_tensor
-from sb3_flow.common.utils import check_box_action_space, check_finite_learning_rate, check_finite_loss, check_positive_int
+from sb3_flow.common.utils import (
+    check_box_action_space,
+    check_finite_learning_rate,
+    check_finite_loss,
+    check_finite_number,
+    check_positive_int,
+)
 from sb3_flow.policies.flow_policy import CnnFlowPolicy, FlowPolicy, MultiInputFlowPolicy
 from sb3_flow.policies.gaussian import CnnGaussianPolicy, GaussianPolicy, MultiInputGaussianPolicy
+from sb3_flow.policies.return_head import ReturnHeadFlowPolicy
 
 SelfBaseBC = TypeVar("SelfBaseBC", bound="BaseBC")
 
@@ -97,6 +104,7 @@ class BaseBC(ModelFileMixin, BaseAlgorithm):
         self.eval_results: list[tuple[int, float, float]] = []
         self.demonstrations: Demonstrations | None = None
         self._demo_tensors: dict[str, Any] | None = None
+        self._demo_returns: th.Tensor | None = None
         if demonstrations is not None:
             self.set_demonstrations(demonstrations)
         if _init_setup_model:
@@ -111,7 +119,7 @@ class BaseBC(ModelFileMixin, BaseAlgorithm):
             raise TypeError(f"{type(self).__name__} needs a {self.policy_base.__name__}, got {type(self.policy).__name__}")
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "demonstrations", "_demo_tensors", "eval_env"]
+        return [*super()._excluded_save_params(), "demonstrations", "_demo_tensors", "_demo_returns", "eval_env"]
 
     def set_demonstrations(self, demonstrations: Demonstrations | str | os.PathLike) -> None:
         """
@@ -131,6 +139,7 @@ class BaseBC(ModelFileMixin, BaseAlgorithm):
         demonstrations.check_finite(("observations", "actions"))
         self.demonstrations = demonstrations
         self._demo_tensors = None
+        self._demo_returns = None
 
     def _demonstration_tensors(self) -> dict[str, Any]:
         # Moved to the device once; actions normalized to [-1, 1] like the policy's outputs.
@@ -146,15 +155,21 @@ class BaseBC(ModelFileMixin, BaseAlgorithm):
             }
         return self._demo_tensors
 
-    def _sample_batch(self) -> tuple[Any, th.Tensor]:
+    def _sample_batch(self) -> tuple[Any, th.Tensor, th.Tensor]:
         tensors = self._demonstration_tensors()
         index = th.randint(0, len(tensors["actions"]), (self.batch_size,), device=self.device)
         batch_obs = index_rows(tensors["observations"], index)
-        return batch_obs, tensors["actions"][index]
+        return batch_obs, tensors["actions"][index], index
 
     @abstractmethod
-    def compute_loss(self, observations: Any, actions: th.Tensor) -> th.Tensor:
-        """Scalar training loss of a minibatch of (observation, normalized action) pairs."""
+    def compute_loss(self, observations: Any, actions: th.Tensor, rows: th.Tensor | None = None) -> th.Tensor:
+        """
+        Scalar training loss of a minibatch of (observation, normalized action) pairs.
+
+        :param observations: observations (tensors)
+        :param actions: normalized actions
+        :param rows: the minibatch's row indices in the demonstrations (for per-row targets such as returns)
+        """
 
     def train_step(self) -> float:
         """One gradient step on one minibatch; returns the loss."""
@@ -162,8 +177,8 @@ class BaseBC(ModelFileMixin, BaseAlgorithm):
         learning_rate = self.lr_schedule(self._current_progress_remaining)
         check_finite_learning_rate(learning_rate, type(self).__name__, self._current_progress_remaining)
         update_learning_rate(self.policy.optimizer, learning_rate)
-        observations, actions = self._sample_batch()
-        loss = self.compute_loss(observations, actions)
+        observations, actions, rows = self._sample_batch()
+        loss = self.compute_loss(observations, actions, rows)
         check_finite_loss(loss, type(self).__name__, self.loss_name, self._n_updates)
         self.policy.optimizer.zero_grad()
         loss.backward()
@@ -256,6 +271,8 @@ class FlowBC(BaseBC):
     :param n_noise_draws: (t, noise) draws per demonstrated action in each minibatch
     :param time_sampling: training-time distribution: "uniform", "beta" or "grid" (the policy's K-point grid)
     :param beta_params: (a, b) for ``time_sampling="beta"`` (default: pi0's, in this library's time convention)
+    :param return_gamma: discount of the Monte-Carlo returns that a
+        :class:`~sb3_flow.policies.return_head.ReturnHeadFlowPolicy`'s head is trained on (its policy only)
 
     The other parameters are those of :class:`BaseBC`.
     """
@@ -278,6 +295,7 @@ class FlowBC(BaseBC):
         batch_size: int = 256,
         n_flow_steps: int | None = None,
         n_noise_draws: int = 1,
+        return_gamma: float = 0.99,
         time_sampling: str = "uniform",
         beta_params: tuple[float, float] = PI0_BETA_PARAMS,
         policy_kwargs: dict[str, Any] | None = None,
@@ -293,6 +311,7 @@ class FlowBC(BaseBC):
         self.n_noise_draws = n_noise_draws
         self.time_sampling = time_sampling
         self.beta_params = tuple(beta_params)
+        self.return_gamma = check_finite_number(return_gamma, "return_gamma", minimum=0.0)
         super().__init__(
             policy,
             env,
@@ -304,11 +323,26 @@ class FlowBC(BaseBC):
             **kwargs,
         )
 
-    def compute_loss(self, observations: Any, actions: th.Tensor) -> th.Tensor:
+    def compute_loss(self, observations: Any, actions: th.Tensor, rows: th.Tensor | None = None) -> th.Tensor:
         shape = (actions.shape[0], self.n_noise_draws)
         times = sample_times(shape, self.time_sampling, self.policy.n_flow_steps, self.beta_params, device=actions.device)
         noises = th.randn((*shape, actions.shape[1]), device=actions.device)
-        return self.policy.cfm_loss(observations, actions, times, noises).mean()
+        features = self.policy.extract_features(observations, self.policy.features_extractor)
+        loss = self.policy.cfm_loss_from_features(features, actions, times, noises).mean()
+        if isinstance(self.policy, ReturnHeadFlowPolicy) and rows is not None:
+            # The return head regresses the data's discounted Monte-Carlo returns beside the flow (no TD learning).
+            predicted = self.policy.predicted_returns_from_features(features, actions)
+            loss = loss + (predicted - self._returns_to_go()[rows]).pow(2).mean()
+        return loss
+
+    def _returns_to_go(self) -> th.Tensor:
+        if self._demo_returns is None:
+            assert self.demonstrations is not None
+            if not np.all(np.isfinite(self.demonstrations.rewards)):
+                raise ValueError("The demonstrations' rewards hold NaN or inf: the return head cannot be trained on them")
+            returns = self.demonstrations.returns_to_go(self.return_gamma)
+            self._demo_returns = th.as_tensor(returns, device=self.device)
+        return self._demo_returns
 
 
 class GaussianBC(BaseBC):
@@ -328,5 +362,5 @@ class GaussianBC(BaseBC):
         "MultiInputPolicy": MultiInputGaussianPolicy,
     }
 
-    def compute_loss(self, observations: Any, actions: th.Tensor) -> th.Tensor:
+    def compute_loss(self, observations: Any, actions: th.Tensor, rows: th.Tensor | None = None) -> th.Tensor:
         return -self.policy.log_prob(observations, actions).mean()

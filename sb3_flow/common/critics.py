@@ -82,3 +82,25 @@ def aggregate_q(q_values: th.Tensor, how: str) -> th.Tensor:
     if how == "min":
         return q_values.min(dim=0).values
     raise ValueError(f"q_agg must be one of {Q_AGGREGATIONS}, got {how!r}")
+
+
+def check_expectile(expectile: float) -> float:
+    """:raises ValueError: unless ``expectile`` is a number strictly between 0 and 1."""
+    if isinstance(expectile, bool) or not isinstance(expectile, (int, float)) or not 0.0 < float(expectile) < 1.0:
+        raise ValueError(f"expectile must be a number in (0, 1) (IQL: 0.7 to 0.9), got {expectile!r}")
+    return float(expectile)
+
+
+def expectile_loss(differences: th.Tensor, expectile: float) -> th.Tensor:
+    """
+    IQL's asymmetric squared loss of ``differences = Q - V``, per element: ``|tau - 1[diff < 0]| * diff^2``
+    (Kostrikov, Nair and Levine, 2022, "Offline Reinforcement Learning with Implicit Q-Learning"). With ``tau > 0.5``
+    positive differences weigh more, so V is pushed toward an upper expectile of Q over the data's actions: a
+    maximum over in-sample actions, without querying Q at actions the data does not hold.
+
+    :param differences: Q(s, a) - V(s), any shape
+    :param expectile: tau in (0, 1)
+    :return: shaped like ``differences``
+    """
+    weights = th.where(differences >= 0, expectile, 1.0 - expectile)
+    return weights * differences.pow(2)

@@ -79,6 +79,25 @@ class Demonstrations:
         episode_index = np.cumsum(self.episode_starts) - 1
         return np.bincount(episode_index, weights=self.rewards, minlength=self.n_episodes).astype(np.float64)
 
+    def returns_to_go(self, gamma: float) -> np.ndarray:
+        """
+        Discounted Monte-Carlo return from every row to the end of its episode, ``G_i = r_i + gamma * G_{i+1}``, shape
+        (n,). A truncated (or unfinished) episode is summed to its last row without a bootstrap, so its returns are
+        cut short: the usual Monte-Carlo approximation when no value function is trusted.
+
+        :param gamma: discount factor in [0, 1]
+        """
+        gamma = check_finite_number(gamma, "gamma", minimum=0.0)
+        if gamma > 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        returns = np.zeros(len(self), dtype=np.float64)
+        following = 0.0
+        for row in range(len(self) - 1, -1, -1):
+            ends_here = row == len(self) - 1 or self.episode_starts[row + 1]
+            following = self.rewards[row] + (0.0 if ends_here else gamma * following)
+            returns[row] = following
+        return returns.astype(np.float32)
+
     def summary(self) -> dict[str, float]:
         """Number of transitions and episodes, mean and std of the episode return."""
         returns = self.episode_returns()

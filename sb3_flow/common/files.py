@@ -164,11 +164,21 @@ class ModelFileMixin:
         :param include: names of parameters that might be excluded but should be included anyway
         """
         setattr(self, SAVED_BY_KEY, type(self).__name__)
-        if isinstance(path, io.IOBase):
-            super().save(path, exclude=exclude, include=include)  # type: ignore[misc]
-            return
-        with atomic_target(with_suffix_if_missing(path, ".zip")) as temporary:
-            super().save(temporary, exclude=exclude, include=include)  # type: ignore[misc]
+        # The policy is rebuilt from policy_kwargs on load: a test-time knob changed on the policy since it was built
+        # (a guidance weight, best-of-N's N) is recorded there, so that the loaded model acts as the saved one.
+        policy_test_time_knobs = getattr(getattr(self, "policy", None), "test_time_knobs", None)
+        knobs = policy_test_time_knobs() if policy_test_time_knobs is not None else {}
+        user_policy_kwargs = self.policy_kwargs  # type: ignore[attr-defined]
+        if knobs:
+            self.policy_kwargs = {**user_policy_kwargs, **knobs}  # type: ignore[attr-defined]
+        try:
+            if isinstance(path, io.IOBase):
+                super().save(path, exclude=exclude, include=include)  # type: ignore[misc]
+                return
+            with atomic_target(with_suffix_if_missing(path, ".zip")) as temporary:
+                super().save(temporary, exclude=exclude, include=include)  # type: ignore[misc]
+        finally:
+            self.policy_kwargs = user_policy_kwargs  # type: ignore[attr-defined]
 
     @classmethod
     def load(

@@ -74,9 +74,12 @@ class ClearLoadErrorsMixin:
         saved_class = saved.get("policy_class")
         if saved_class is not None and saved_class not in _class_family(cls):
             raise ValueError(f"{path} holds a {saved_class}, not a {cls.__name__}: load it with {saved_class}.load")
+        # A file saved by a subclass (a FlowPolicy with a return head, loaded as a FlowPolicy) builds that subclass, which
+        # is a ``cls`` and takes the arguments it saved.
+        build_class = _subclasses_by_name(cls).get(saved_class, cls)
         try:
             data = json_to_data(saved["data"]) if isinstance(saved["data"], str) else saved["data"]
-            policy = cls(**data)  # type: ignore[call-arg]
+            policy = build_class(**data)  # type: ignore[call-arg]
             policy.load_state_dict(saved["state_dict"])  # type: ignore[attr-defined]
         except (RuntimeError, KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{path} is not a {cls.__name__} saved with policy.save(path): {error}") from error
@@ -92,6 +95,17 @@ def _class_family(cls: type) -> set[str]:
         names.add(subclass.__name__)
         pending.extend(subclass.__subclasses__())
     return names
+
+
+def _subclasses_by_name(cls: type) -> dict[str, type]:
+    """``cls`` and every subclass of it, by class name."""
+    found = {cls.__name__: cls}
+    pending = list(cls.__subclasses__())
+    while pending:
+        subclass = pending.pop()
+        found.setdefault(subclass.__name__, subclass)
+        pending.extend(subclass.__subclasses__())
+    return found
 
 
 def _read_policy_file(path: str, device: th.device, allow_pickle: bool) -> dict[str, Any]:
@@ -156,6 +170,13 @@ class BoxActionPolicy(ClearLoadErrorsMixin, BasePolicy):
         self.net_arch = [256, 256, 256] if net_arch is None else list(net_arch)
         self.activation_fn = activation_fn
         self.action_dim = int(np.prod(action_space.shape))
+
+    def test_time_knobs(self) -> dict[str, Any]:
+        """
+        The settings that change how the policy acts without retraining (a guidance weight, best-of-N's N), as
+        constructor arguments: saved with the policy and with a model holding it.
+        """
+        return {}
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

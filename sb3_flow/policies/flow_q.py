@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch as th
 from gymnasium import spaces
@@ -13,9 +13,10 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sb3_flow.common.critics import QEnsemble
+from sb3_flow.common.critics import Q_AGGREGATIONS, QEnsemble, aggregate_q, mlp
 from sb3_flow.common.utils import check_positive_int
 from sb3_flow.policies.base import BoxActionPolicy
+from sb3_flow.policies.critic_samplers import BestOfNKnobs, best_of_n_actions
 from sb3_flow.policies.flow_policy import FlowPolicy
 
 # FQL's networks (Park et al., 2025): 4 x 512 MLPs for the flow, the one-step actor and the critics.
@@ -44,6 +45,9 @@ class FlowQPolicy(BoxActionPolicy):
     :param optimizer_class: optimizer class
     :param optimizer_kwargs: optimizer keyword arguments, besides the learning rate
     """
+
+    # The class of ``bc_policy``.
+    flow_policy_class: ClassVar[type[FlowPolicy]] = FlowPolicy
 
     def __init__(
         self,
@@ -82,7 +86,7 @@ class FlowQPolicy(BoxActionPolicy):
         self._build(lr_schedule)
 
     def _build(self, lr_schedule: Schedule) -> None:
-        self.bc_policy = FlowPolicy(
+        self.bc_policy = self.flow_policy_class(
             self.observation_space,
             self.action_space,
             lr_schedule,
@@ -95,6 +99,7 @@ class FlowQPolicy(BoxActionPolicy):
             normalize_images=self.normalize_images,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
+            **self._flow_policy_kwargs(),
         )
         critic_features = self.make_features_extractor()
         self.critic = nn.ModuleDict(
@@ -116,6 +121,10 @@ class FlowQPolicy(BoxActionPolicy):
 
     def _build_actor(self, lr_schedule: Schedule) -> None:
         """Subclasses add the networks they act with (the flow itself acts here)."""
+
+    def _flow_policy_kwargs(self) -> dict[str, Any]:
+        """Arguments of ``flow_policy_class`` besides the shared ones (a conditional flow's guidance weight)."""
+        return {}
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -175,6 +184,91 @@ class CnnFlowQPolicy(FlowQPolicy):
 
 class MultiInputFlowQPolicy(FlowQPolicy):
     """FlowQPolicy with SB3's CombinedExtractor, for Dict observations."""
+
+    def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs: Any):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class InSampleFlowQPolicy(BestOfNKnobs, FlowQPolicy):
+    """
+    A :class:`FlowQPolicy` with IQL's in-sample critics: the Q ensemble plus a state-value network ``V(s)``
+    (``value``), both trained only on the data's actions (Kostrikov et al., 2022). It acts by best-of-N: N actions
+    from the BC flow, the one with the highest Q (``"argmax"``) or one drawn by ``softmax(Q / temperature)``; with
+    ``n_samples = 1`` it samples the flow. ``n_samples``, ``selection`` and ``temperature`` are test-time knobs, saved
+    with the policy.
+
+    :param n_samples: N (IFQL: 32)
+    :param selection: "argmax" or "softmax"
+    :param temperature: softmax temperature
+    :param q_agg: "mean" or "min" over the critics when scoring (IFQL: min)
+    :param args: see :class:`FlowQPolicy`
+    :param kwargs: see :class:`FlowQPolicy`
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        n_samples: int = 32,
+        selection: str = "argmax",
+        temperature: float = 1.0,
+        q_agg: str = "min",
+        **kwargs: Any,
+    ):
+        self.n_samples, self.selection, self.temperature = n_samples, selection, temperature
+        if q_agg not in Q_AGGREGATIONS:
+            raise ValueError(f"q_agg must be one of {Q_AGGREGATIONS}, got {q_agg!r}")
+        self.q_agg = q_agg
+        super().__init__(*args, **kwargs)
+
+    def _build_actor(self, lr_schedule: Schedule) -> None:
+        value_features = self.make_features_extractor()
+        self.value = nn.ModuleDict(
+            {
+                "features_extractor": value_features,
+                "value_network": mlp(
+                    value_features.features_dim, 1, self.critic_net_arch, self.activation_fn, self.critic_layer_norm
+                ),
+            }
+        )
+        self.value_optimizer = self.optimizer_class(self.value.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def test_time_knobs(self) -> dict[str, Any]:
+        return {**super().test_time_knobs(), **self.best_of_n_knobs()}
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(q_agg=self.q_agg, **self.test_time_knobs())
+        return data
+
+    def optimizers(self) -> list[th.optim.Optimizer]:
+        return [*super().optimizers(), self.value_optimizer]
+
+    def values(self, obs: PyTorchObs) -> th.Tensor:
+        """V(s), shape (batch,)."""
+        return self.value["value_network"](self.extract_features(obs, self.value["features_extractor"])).squeeze(-1)
+
+    def score(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """Q of normalized actions aggregated over the critics with ``q_agg``, shape (batch,)."""
+        return aggregate_q(self.q_values(obs, actions), self.q_agg)
+
+    def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
+        with self.bc_policy.inference_kernels(observation):
+            if self.n_samples == 1:
+                return self.bc_policy.sample(observation, deterministic=deterministic)
+            return best_of_n_actions(
+                self.bc_policy, self.score, observation, self.n_samples, self.selection, self.temperature, deterministic
+            )
+
+
+class CnnInSampleFlowQPolicy(InSampleFlowQPolicy):
+    """InSampleFlowQPolicy with SB3's NatureCNN features extractors."""
+
+    def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs: Any):
+        super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
+
+
+class MultiInputInSampleFlowQPolicy(InSampleFlowQPolicy):
+    """InSampleFlowQPolicy with SB3's CombinedExtractor, for Dict observations."""
 
     def __init__(self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = CombinedExtractor, **kwargs: Any):
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)

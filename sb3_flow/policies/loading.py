@@ -43,13 +43,23 @@ def flow_part(policy: FlowPolicy) -> FlowPolicy:
     :param policy: any FlowPolicy
     :return: the copy, on ``policy``'s device and in its training mode
     :raises ValueError: for a policy whose actions are not those of one velocity network (ReinFlow's
-        ``n_finetune_steps`` integrates its early steps with a frozen copy)
+        ``n_finetune_steps`` integrates its early steps with a frozen copy; a conditional policy samples with guidance)
     """
     if getattr(policy, "frozen_until", None) is not None:
         raise ValueError(
             f"{type(policy).__name__} with n_finetune_steps < n_flow_steps integrates its early steps with a frozen copy "
             "of the velocity network, so it is not one FlowPolicy and cannot be a base policy"
         )
+    if hasattr(policy, "label_embedding"):
+        raise ValueError(
+            f"{type(policy).__name__} is conditioned on a label and samples with guidance, so it is not one FlowPolicy: "
+            "use policy.unconditional_flow() for its unconditional (behaviour-cloning) flow"
+        )
+    return copy_flow_weights(policy)
+
+
+def copy_flow_weights(policy: FlowPolicy) -> FlowPolicy:
+    """:func:`flow_part` without its checks: the plain FlowPolicy with the weights ``policy`` shares with one."""
     parameters = policy.flow_policy_parameters()
     # The saved schedule is a bound method of the policy: deep-copying it would copy the whole policy. A base policy is
     # not trained through its own optimizer.

@@ -13,6 +13,7 @@ from typing import Any
 from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_flow.common.utils import check_positive_int
+from sb3_flow.registry import offline_algorithms
 
 # What ``learn_offline`` sets up for its own run (through SB3's ``_setup_learn``) that belongs to the online run under
 # way: its step target, start count and clock (progress, fps), its logger (the online run's tensorboard folder) and its
@@ -38,8 +39,9 @@ class OfflinePretraining(BaseCallback):
     ``<Algo>_offline_<n>``, x-axis in gradient steps); the callbacks given to ``learn`` (evaluation, checkpoints)
     start with the online phase.
 
-    For FQL, FBRAC and the other :class:`~sb3_flow.bases.off_policy.FlowOffPolicyAlgorithm` subclasses. In an RL-Zoo
-    config, write ``offline_steps: N`` (or list this callback under ``callback:``).
+    For FQL, FBRAC, IFQL, CFGRL: the :class:`~sb3_flow.bases.off_policy.FlowOffPolicyAlgorithm` subclasses
+    (``sb3_flow.registry.offline_algorithms``). In an RL-Zoo config, write ``offline_steps: N`` (or list this callback
+    under ``callback:``).
 
     :param n_gradient_steps: offline gradient steps the model should have taken before acting (0: none)
     :param log_interval: dump the offline logs every this many gradient steps
@@ -56,7 +58,8 @@ class OfflinePretraining(BaseCallback):
     def _init_callback(self) -> None:
         if not callable(getattr(self.model, "learn_offline", None)):
             raise TypeError(
-                f"OfflinePretraining needs an algorithm that learns offline (FQL, FBRAC), got {type(self.model).__name__}"
+                f"OfflinePretraining needs an algorithm that learns offline ({', '.join(offline_algorithms())}), got "
+                f"{type(self.model).__name__}"
             )
 
     def _on_training_start(self) -> None:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from sb3_flow.common.utils import check_positive_int
+from sb3_flow.registry import ZOO_ALGORITHMS, offline_algorithms
 
 # Keys whose value is a saved base policy's path: the algorithms' own option and the wrappers' keyword argument.
 BASE_POLICY_KEY = "base_policy"
-# The offline dataset (a Demonstrations .npz) of the algorithms that learn from one (FQL, FBRAC): their ``dataset=``.
+# The offline dataset (a Demonstrations .npz) of the algorithms that learn from one (FQL, FBRAC, IFQL, CFGRL:
+# ``sb3_flow.registry.offline_algorithms``): their ``dataset=``.
 DATASET_KEY = "dataset"
 # Offline gradient steps before the online run: not a constructor argument, it becomes this callback (run first).
 OFFLINE_STEPS_KEY = "offline_steps"
@@ -135,19 +137,25 @@ def resolve_paths(hyperparams: dict[str, Any], where: str) -> dict[str, Any]:
     return resolved
 
 
+def zoo_offline_algorithms() -> tuple[str, ...]:
+    """The Zoo's algorithms that take a ``dataset`` and learn offline (the registry's list, as the Zoo names them)."""
+    return tuple(name for name in offline_algorithms() if name in ZOO_ALGORITHMS)
+
+
 def check_offline_keys(hyperparams: dict[str, Any], algorithm: type | None, algo: str, where: str) -> None:
     """
-    ``dataset`` and ``offline_steps`` only for an algorithm that takes a dataset and learns offline (FQL, FBRAC): any
-    other would fail later, after the environments are made, with a less direct message.
+    ``dataset`` and ``offline_steps`` only for an algorithm that takes a dataset and learns offline (FQL, FBRAC, IFQL,
+    CFGRL): any other would fail later, after the environments are made, with a less direct message.
 
     :raises ConfigValueError: naming the config, the key and the algorithm
     """
     if algorithm is None:
         return
+    takers = ", ".join(zoo_offline_algorithms())
     if DATASET_KEY in hyperparams and DATASET_KEY not in inspect.signature(algorithm).parameters:
-        raise ConfigValueError(f"{where}: {algo} takes no {DATASET_KEY} (the algorithms that learn from one: fql, fbrac)")
+        raise ConfigValueError(f"{where}: {algo} takes no {DATASET_KEY} (the algorithms that learn from one: {takers})")
     if OFFLINE_STEPS_KEY in hyperparams and not callable(getattr(algorithm, "learn_offline", None)):
-        raise ConfigValueError(f"{where}: {algo} does not learn offline, so {OFFLINE_STEPS_KEY} cannot apply (fql, fbrac do)")
+        raise ConfigValueError(f"{where}: {algo} does not learn offline, so {OFFLINE_STEPS_KEY} cannot apply ({takers} do)")
 
 
 def with_offline_pretraining(hyperparams: dict[str, Any], where: str) -> dict[str, Any]:

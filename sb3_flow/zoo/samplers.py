@@ -118,11 +118,58 @@ def sample_fql_params(trial: Any, n_actions: int, n_envs: int, additional_args: 
 
 
 def convert_fql_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
-    """Sampled values -> FQL (or FBRAC) keyword arguments."""
+    """Sampled values -> FQL (or FBRAC, IFQL, CFGRL) keyword arguments."""
     hyperparams = dict(sampled_params)
     if "batch_size_pow" in hyperparams:
         hyperparams["batch_size"] = 2 ** hyperparams.pop("batch_size_pow")
     return hyperparams
+
+
+def _sample_in_sample_params(trial: Any) -> dict[str, Any]:
+    """
+    What IFQL and CFGRL share: IQL's expectile (IDQL's 0.7 to the authors' 0.9), and FQL's learning rate and
+    minibatch size ranges. The network sizes are left to the config, as FQL's sampler leaves them.
+    """
+    return {
+        "expectile": trial.suggest_categorical("expectile", [0.7, 0.8, 0.9]),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-3, log=True),
+        "batch_size_pow": trial.suggest_int("batch_size_pow", 7, 9),
+    }
+
+
+def sample_ifql_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    Search space of IFQL: the expectile, N of best-of-N (8, 16, 32; the authors: 32), the learning rate and the
+    minibatch size (as FQL's).
+
+    :param trial: Optuna trial
+    :param n_actions: action dimension (unused)
+    :param n_envs: number of environments (unused)
+    :param additional_args: Zoo extras (unused)
+    :return: IFQL keyword arguments
+    """
+    sampled = {**_sample_in_sample_params(trial), "n_samples": trial.suggest_categorical("n_samples", [8, 16, 32])}
+    return convert_fql_params(sampled)
+
+
+def sample_cfgrl_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    Search space of CFGRL: the expectile, the guidance weight w (1, 1.5, 2, 3: plain conditioning, then extrapolation
+    past it; values the authors' evaluations sweep), the label dropout (0.1, the authors', or 0.2), the learning rate
+    and the minibatch size (as FQL's).
+
+    :param trial: Optuna trial
+    :param n_actions: action dimension (unused)
+    :param n_envs: number of environments (unused)
+    :param additional_args: Zoo extras (unused)
+    :return: CFGRL keyword arguments
+    """
+    sampled = {
+        **_sample_in_sample_params(trial),
+        "guidance_weight": trial.suggest_categorical("guidance_weight", [1.0, 1.5, 2.0, 3.0]),
+        "label_dropout": trial.suggest_categorical("label_dropout", [0.1, 0.2]),
+    }
+    return convert_fql_params(sampled)
 
 
 SAMPLERS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], dict[str, Any]]]] = {
@@ -131,4 +178,6 @@ SAMPLERS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any
     "fql": (sample_fql_params, convert_fql_params),
     # FBRAC is FQL's baseline on the same core: the same search space (its alpha weights the BC loss instead).
     "fbrac": (sample_fql_params, convert_fql_params),
+    "ifql": (sample_ifql_params, convert_fql_params),
+    "cfgrl": (sample_cfgrl_params, convert_fql_params),
 }
