@@ -16,12 +16,16 @@ batch 256, learning rate 3e-4, ``--steps`` gradient steps; the test-time knobs (
 policies, without retraining.
 
     python -m benchmarks.critic_sampling --dataset mixed [--steps 5000] [--seeds 0 1 2] [--plot docs/img/...png]
+    python -m benchmarks.critic_sampling --dataset mixed --methods FQL --fql-alpha 1 --seeds 0   # one model, a setting
+    python -m benchmarks.critic_sampling --dataset mixed --plot out.png --plot-from a.json b.json  # merged runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -71,8 +75,13 @@ class Scorer:
         return 100.0 * (value - self.random) / (self.expert - self.random)
 
 
-def run_seed(demos: Demonstrations, steps: int, seed: int, scorer: Scorer) -> dict[str, dict[str, float]]:
-    """Scores of one seed: {method: {setting: score}} and {method: train seconds} under "seconds"."""
+METHODS = ("FlowBC", "FQL", "IFQL", "CFGRL", "return head")
+
+
+def run_seed(
+    demos: Demonstrations, steps: int, seed: int, scorer: Scorer, methods: tuple[str, ...], settings: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Scores of one seed: {method: {setting: score}}, and {model: train seconds} under "seconds"."""
     hidden = [128, 128]
     common = dict(learning_rate=3e-4, batch_size=256, seed=seed, device="cpu")
     offline = dict(policy_kwargs={"net_arch": hidden, "critic_net_arch": hidden}, **common)
@@ -85,42 +94,48 @@ def run_seed(demos: Demonstrations, steps: int, seed: int, scorer: Scorer) -> di
         scores["seconds"][name] = time.perf_counter() - start
         return model
 
-    bc = timed(
-        "FlowBC", lambda: FlowBC("MlpPolicy", "Pendulum-v1", demos, policy_kwargs={"net_arch": hidden}, **common).learn(steps)
-    )
-    scores["FlowBC"] = {"": scorer(bc.policy)}
-
-    fql = timed(
-        "FQL",
-        lambda: FQL("MlpPolicy", "Pendulum-v1", demos, alpha=10.0, normalize_q_loss=True, **offline).learn_offline(steps),
-    )
-    scores["FQL"] = {"": scorer(fql)}
-
-    ifql = timed("IFQL", lambda: IFQL("MlpPolicy", "Pendulum-v1", demos, **offline).learn_offline(steps))
-    scores["IFQL"] = {}
-    for n_samples in N_SAMPLES:
-        ifql.policy.n_samples = n_samples
-        scores["IFQL"][f"N={n_samples}"] = scorer(ifql)
-    guided = CriticGuidedPolicy(ifql.bc_policy, ifql, guidance_scale=0.0, q_agg="min")
-    scores["guidance (IQL critic)"] = {}
-    for scale in GUIDANCE_SCALES:
-        guided.guidance_scale = scale
-        scores["guidance (IQL critic)"][f"lambda={scale:g}"] = scorer(guided)
-
-    cfgrl = timed("CFGRL", lambda: CFGRL("MlpPolicy", "Pendulum-v1", demos, **offline).learn_offline(steps))
-    scores["CFGRL"] = {}
-    for weight in GUIDANCE_WEIGHTS:
-        cfgrl.policy.guidance_weight = weight
-        scores["CFGRL"][f"w={weight:g}"] = scorer(cfgrl)
-
-    head = timed(
-        "FlowBC + return head",
-        lambda: FlowBC(ReturnHeadFlowPolicy, "Pendulum-v1", demos, policy_kwargs={"net_arch": hidden}, **common).learn(steps),
-    )
-    scores["guidance (return head)"] = {}
-    for scale in GUIDANCE_SCALES:
-        head.policy.guidance_scale = scale
-        scores["guidance (return head)"][f"lambda={scale:g}"] = scorer(head.policy)
+    if "FlowBC" in methods:
+        bc = timed(
+            "FlowBC",
+            lambda: FlowBC("MlpPolicy", "Pendulum-v1", demos, policy_kwargs={"net_arch": hidden}, **common).learn(steps),
+        )
+        scores["FlowBC"] = {"": scorer(bc.policy)}
+    if "FQL" in methods:
+        fql_settings = dict(alpha=settings.fql_alpha, normalize_q_loss=True)
+        fql = timed("FQL", lambda: FQL("MlpPolicy", "Pendulum-v1", demos, **fql_settings, **offline).learn_offline(steps))
+        scores[f"FQL (alpha={settings.fql_alpha:g})"] = {"": scorer(fql)}
+    if "IFQL" in methods:
+        ifql = timed("IFQL", lambda: IFQL("MlpPolicy", "Pendulum-v1", demos, **offline).learn_offline(steps))
+        scores["IFQL"] = {}
+        for n_samples in N_SAMPLES:
+            ifql.policy.n_samples = n_samples
+            scores["IFQL"][f"N={n_samples}"] = scorer(ifql)
+        guided = CriticGuidedPolicy(ifql.bc_policy, ifql, guidance_scale=0.0, q_agg="min")
+        scores["guidance (IQL critic)"] = {}
+        for scale in GUIDANCE_SCALES:
+            guided.guidance_scale = scale
+            scores["guidance (IQL critic)"][f"lambda={scale:g}"] = scorer(guided)
+    if "CFGRL" in methods:
+        cfgrl_settings = dict(expectile=settings.cfgrl_expectile)
+        cfgrl = timed(
+            "CFGRL", lambda: CFGRL("MlpPolicy", "Pendulum-v1", demos, **cfgrl_settings, **offline).learn_offline(steps)
+        )
+        name = "CFGRL" if settings.cfgrl_expectile == 0.9 else f"CFGRL (expectile {settings.cfgrl_expectile:g})"
+        scores[name] = {}
+        for weight in GUIDANCE_WEIGHTS:
+            cfgrl.policy.guidance_weight = weight
+            scores[name][f"w={weight:g}"] = scorer(cfgrl)
+    if "return head" in methods:
+        head = timed(
+            "FlowBC + return head",
+            lambda: FlowBC(ReturnHeadFlowPolicy, "Pendulum-v1", demos, policy_kwargs={"net_arch": hidden}, **common).learn(
+                steps
+            ),
+        )
+        scores["guidance (return head)"] = {}
+        for scale in GUIDANCE_SCALES:
+            head.policy.guidance_scale = scale
+            scores["guidance (return head)"][f"lambda={scale:g}"] = scorer(head.policy)
     return scores
 
 
@@ -133,7 +148,8 @@ def plot(results: dict[str, Any], path: str, dataset: str) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     cfgrl = np.array([[seed["CFGRL"][f"w={w:g}"] for w in GUIDANCE_WEIGHTS] for seed in results["per_seed"]])
     left.errorbar(GUIDANCE_WEIGHTS, cfgrl.mean(0), yerr=cfgrl.std(0), marker="o", capsize=3, label="CFGRL")
-    for name, axes in (("FlowBC", left), ("FQL", left), ("FlowBC", right)):
+    fql_name = next(name for name in results["per_seed"][0] if name.startswith("FQL"))
+    for name, axes in (("FlowBC", left), (fql_name, left), ("FlowBC", right)):
         value = np.mean([seed[name][""] for seed in results["per_seed"]])
         axes.axhline(value, linestyle="--", linewidth=1, color="gray" if name == "FlowBC" else "tab:red")
         axes.text(axes.get_xlim()[0], value, f" {name}", va="bottom", fontsize=8)
@@ -159,9 +175,22 @@ def main() -> None:
     parser.add_argument("--dataset", choices=("noisy", "mixed"), default="mixed")
     parser.add_argument("--steps", type=int, default=5000, help="gradient steps of every trained model")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--plot", default=None, help="PNG of score against w and against lambda")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--fql-alpha", type=float, default=10.0, help="FQL's alpha (10: the Pendulum table's)")
+    parser.add_argument("--cfgrl-expectile", type=float, default=0.9, help="CFGRL's IQL expectile (0.9: the authors')")
+    parser.add_argument("--plot", default=None, help="PNG of score against w and against lambda (all methods only)")
     parser.add_argument("--out", default=None, help="JSON output (default benchmark_output/critic_sampling_<dataset>.json)")
+    parser.add_argument(
+        "--plot-from", nargs="+", default=None, help="only plot (to --plot) from these JSON outputs of the same seeds, merged"
+    )
     args = parser.parse_args()
+    if args.plot_from:
+        runs = [json.loads(Path(path).read_text()) for path in args.plot_from]
+        merged = [
+            {k: v for run in runs for k, v in run["per_seed"][index].items()} for index in range(len(runs[0]["per_seed"]))
+        ]
+        plot({"per_seed": merged}, args.plot, args.dataset)
+        return
     set_torch_threads(1)
     demos = make_dataset(args.dataset)
     scorer = Scorer()
@@ -170,7 +199,7 @@ def main() -> None:
     print(f"expert {scorer.expert:.1f}, random {scorer.random:.1f} on the 50 evaluation starts", flush=True)
     per_seed = []
     for seed in args.seeds:
-        per_seed.append(run_seed(demos, args.steps, seed, scorer))
+        per_seed.append(run_seed(demos, args.steps, seed, scorer, tuple(args.methods), args))
         print(f"seed {seed}: {per_seed[-1]}", flush=True)
 
     print(f"\n| method | setting | score (mean ± std, {len(args.seeds)} seeds) | per seed |")

@@ -2,7 +2,7 @@
 
 from sb3_flow.bc import FlowBC, GaussianBC
 from sb3_flow.cfgrl import CFGRL
-from sb3_flow.common.demonstrations import Demonstrations, collect_demonstrations, from_minari
+from sb3_flow.common.demonstrations import ChunkedDemonstrations, Demonstrations, collect_demonstrations, from_minari
 from sb3_flow.common.utils import set_torch_threads
 from sb3_flow.dsrl import DSRLNA
 from sb3_flow.fbrac import FBRAC
@@ -19,6 +19,7 @@ from sb3_flow.policies import (
     load_flow_policy,
 )
 from sb3_flow.reinflow import ReinFlow
+from sb3_flow.wrappers import ActionChunkWrapper, make_chunked_vec_env
 
 __version__ = "0.1.0"
 
@@ -28,7 +29,9 @@ __all__ = [
     "FBRAC",
     "FQL",
     "IFQL",
+    "ActionChunkWrapper",
     "BestOfNPolicy",
+    "ChunkedDemonstrations",
     "ConditionalFlowPolicy",
     "CriticGuidedPolicy",
     "Demonstrations",
@@ -42,5 +45,6 @@ __all__ = [
     "collect_demonstrations",
     "from_minari",
     "load_flow_policy",
+    "make_chunked_vec_env",
     "set_torch_threads",
 ]

@@ -116,6 +116,27 @@ def test_best_of_n_scores_with_an_sb3_critic_and_round_trips_through_save(tmp_pa
     np.testing.assert_allclose(sampler.predict(obs, deterministic=True)[0], expected)
 
 
+def test_critic_guided_policy_round_trips_and_best_of_n_keeps_a_conditional_base(tmp_path):
+    guided = CriticGuidedPolicy(random_flow(), KnownMaximumCritic(), guidance_scale=0.05)
+    obs = observations(4)
+    # KnownMaximumCritic has no constructor arguments to save: a FlowQPolicy-style critic is saved instead.
+    base = random_conditional_flow()
+    base.guidance_weight = 2.0
+    sampler = BestOfNPolicy(base, KnownMaximumCritic(), n_samples=3)
+    assert isinstance(sampler.flow, ConditionalFlowPolicy) and sampler.flow.guidance_weight == 2.0
+    assert th.equal(guided._predict(obs, deterministic=True), guided._predict(obs, deterministic=True))
+    ifql = IFQL("MlpPolicy", BanditEnv(), dataset=bandit_dataset(100), **TINY_BANDIT)
+    flow = FlowPolicy(ifql.observation_space, ifql.action_space, constant, net_arch=[8], n_flow_steps=3)
+    guided = CriticGuidedPolicy(flow, ifql, guidance_scale=0.2, q_agg="min")
+    guided.save(tmp_path / "guided.pt")
+    loaded = CriticGuidedPolicy.load(tmp_path / "guided.pt")
+    assert (loaded.guidance_scale, loaded.q_agg) == (0.2, "min")
+    bandit_obs = np.zeros((3, 1), np.float32)
+    np.testing.assert_allclose(
+        loaded.predict(bandit_obs, deterministic=True)[0], guided.predict(bandit_obs, deterministic=True)[0]
+    )
+
+
 def test_sampler_bad_input_gets_clear_errors(tmp_path):
     flow = random_flow()
     with pytest.raises(ValueError, match="n_samples"):
@@ -132,8 +153,17 @@ def test_sampler_bad_input_gets_clear_errors(tmp_path):
         BestOfNPolicy(flow, wrong_actions)
     with pytest.raises(ValueError, match="action space"):
         CriticGuidedPolicy(flow, wrong_actions)
+    with pytest.raises(ValueError, match="observation space"):
+        BestOfNPolicy(flow, KnownMaximumCritic(observation_space=spaces.Box(-1.0, 1.0, (4,), np.float32)))
     with pytest.raises(TypeError, match="critic"):
         BestOfNPolicy(flow, object())
+    for bad in (math.nan, -1.0):
+        with pytest.raises(ValueError, match="temperature"):
+            sampler.temperature = bad
+    with pytest.raises(TypeError, match="guidance_scale"):
+        CriticGuidedPolicy(flow, KnownMaximumCritic(), guidance_scale="0.1")
+    with pytest.raises(TypeError, match="labels"):
+        random_conditional_flow().check_labels(th.tensor([1.7, 0.2]))
     for bad in (math.nan, math.inf):
         with pytest.raises(ValueError, match="guidance_scale"):
             CriticGuidedPolicy(flow, KnownMaximumCritic(), guidance_scale=bad)
@@ -186,7 +216,13 @@ def test_return_head_trained_by_flow_bc_guides_toward_higher_returns(tmp_path):
     guided = model.predict(obs)[0]
     assert np.mean(np.abs(guided - BEST_ACTION)) < 0.75 * np.mean(np.abs(plain - BEST_ACTION))
     model.save(tmp_path / "bc")
-    assert FlowBC.load(tmp_path / "bc").policy.guidance_scale == 0.3
+    loaded = FlowBC.load(tmp_path / "bc", policy_kwargs={"net_arch": [32, 32], "n_flow_steps": 4})
+    assert loaded.policy.guidance_scale == 0.3
+    # The head is trained on standardized returns and answers in return units (the statistics are saved with it).
+    assert loaded.policy.return_std.item() == pytest.approx(float(bandit_dataset().returns_to_go(0.99).std(ddof=1)), rel=1e-4)
+    th.testing.assert_close(
+        loaded.policy.q_values(th.zeros(3, 1), th.zeros(3, 1)), model.policy.q_values(th.zeros(3, 1), th.zeros(3, 1))
+    )
 
 
 def test_returns_to_go_restart_at_each_episode():
@@ -269,7 +305,7 @@ def test_ifql_picks_the_best_action_that_the_data_rarely_holds(tmp_path):
     assert np.mean(flow_only < 0) > 0.6  # the flow imitates the data: mostly the worse mode
     # The knob is saved: the loaded model acts as the BC flow until it is changed back.
     model.save(tmp_path / "ifql")
-    loaded = IFQL.load(tmp_path / "ifql")
+    loaded = IFQL.load(tmp_path / "ifql", policy_kwargs=TINY_BANDIT["policy_kwargs"])
     assert loaded.policy.n_samples == 1
     loaded.policy.n_samples = 32
     assert np.abs(loaded.predict(obs)[0] - BEST_ACTION).mean() < 0.5 * distance["flow"]
@@ -285,8 +321,11 @@ def test_cfgrl_guidance_weight_moves_from_cloning_to_the_optimal_actions(tmp_pat
         model.policy.guidance_weight = weight
         near_best[weight] = np.mean(np.abs(model.predict(obs)[0] - BEST_ACTION) < 0.15)
     assert near_best[0.0] < 0.4 < 0.8 < near_best[1.0]  # w = 0 clones the data (mostly the worse mode)
+    model.policy.guidance_weight, model.policy.n_samples = 3.0, 2  # knobs set at test time, not the defaults
     model.save(tmp_path / "cfgrl")
-    assert CFGRL.load(tmp_path / "cfgrl").policy.guidance_weight == 1.0
+    loaded = CFGRL.load(tmp_path / "cfgrl", policy_kwargs=TINY_BANDIT["policy_kwargs"])  # SB3 compares policy_kwargs
+    assert (loaded.policy.guidance_weight, loaded.policy.n_samples) == (3.0, 2)
+    assert loaded.policy.bc_policy.guidance_weight == 3.0
 
 
 def test_in_sample_critic_bootstraps_through_truncations_but_not_terminations():
@@ -310,3 +349,9 @@ def test_ifql_and_cfgrl_bad_options_get_clear_errors():
         CFGRL("MlpPolicy", BanditEnv(), guidance_weight=math.inf, **TINY_BANDIT)
     with pytest.raises(ValueError, match="label_dropout"):
         CFGRL("MlpPolicy", BanditEnv(), label_dropout=1.0, **TINY_BANDIT)
+    with pytest.raises(TypeError, match="expectile"):
+        IFQL("MlpPolicy", BanditEnv(), expectile="high", **TINY_BANDIT)
+    with pytest.raises(ValueError, match="given both"):
+        IFQL("MlpPolicy", BanditEnv(), n_samples=8, **{**TINY_BANDIT, "policy_kwargs": {"n_samples": 4}})
+    with pytest.raises(ValueError, match="return_gamma"):
+        FlowBC(ReturnHeadFlowPolicy, BanditEnv(), return_gamma=1.5)

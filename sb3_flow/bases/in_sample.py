@@ -21,7 +21,10 @@ from sb3_flow.policies.flow_q import InSampleFlowQPolicy
 class InSampleFlowAlgorithm(FlowOffPolicyAlgorithm):
     """
     Base of the flow methods with IQL critics. Per minibatch: a value step, a critic step, then a flow step
-    (:meth:`flow_loss`, the BC flow's CFM loss here).
+    (:meth:`flow_loss`, the BC flow's CFM loss here). The steps are taken in turn (the critic's target uses the value
+    just stepped, CFGRL's labels the critics just stepped), as SB3's SAC steps its networks; the references take one
+    joint step of the summed losses, with every term at the parameters before the step. The critic loss is averaged
+    over the critics where the references sum it (half the scale; Adam makes that immaterial).
 
     Paper: https://arxiv.org/abs/2110.06169 (Kostrikov, Nair and Levine, 2022, "Offline Reinforcement Learning with
     Implicit Q-Learning")
@@ -48,19 +51,31 @@ class InSampleFlowAlgorithm(FlowOffPolicyAlgorithm):
         return ["policy", *optimizers], []
 
     def value_loss(self, data: ReplayBufferSamples) -> th.Tensor:
-        """IQL's expectile regression of V(s) onto ``agg_k Q_target_k(s, a)`` at the data's actions."""
+        """
+        IQL's expectile regression of V(s) onto ``agg_k Q_target_k(s, a)`` at the data's actions.
+
+        :param data: a minibatch
+        """
         with th.no_grad():
             target_q = aggregate_q(self.policy.q_values(data.observations, data.actions, target=True), self.q_agg)
         return expectile_loss(target_q - self.policy.values(data.observations), self.expectile).mean()
 
     def in_sample_critic_loss(self, data: ReplayBufferSamples) -> th.Tensor:
-        """Squared error of every Q_k(s, a) to ``r + gamma * (1 - terminated) * V(s')``, averaged over critics and batch."""
+        """
+        Squared error of every Q_k(s, a) to ``r + gamma * (1 - terminated) * V(s')``, averaged over critics and batch.
+
+        :param data: a minibatch
+        """
         with th.no_grad():
             targets = self.bootstrapped_targets(data, self.policy.values(data.next_observations))
         return (self.policy.q_values(data.observations, data.actions) - targets.unsqueeze(0)).pow(2).mean()
 
     def flow_loss(self, data: ReplayBufferSamples) -> tuple[th.Tensor, dict[str, float]]:
-        """The flow's loss and its logs (the BC flow's CFM loss; CFGRL conditions it on the advantage)."""
+        """
+        The flow's loss and its logs (the BC flow's CFM loss; CFGRL conditions it on the advantage).
+
+        :param data: a minibatch
+        """
         loss = self.bc_flow_loss(data)
         return loss, {}
 

@@ -179,7 +179,14 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         if not issubclass(self.replay_buffer_class, OfflineDataMixin):
             raise TypeError(f"{type(self).__name__}'s replay buffer must hold offline data (OfflineDataMixin)")
         user_policy_kwargs = self.policy_kwargs
-        self.policy_kwargs = {**user_policy_kwargs, **self._policy_options()}
+        options = self._policy_options()
+        given_twice = [name for name in options if name in user_policy_kwargs and user_policy_kwargs[name] != options[name]]
+        if given_twice:
+            raise ValueError(
+                f"{given_twice} given both as {type(self).__name__}'s arguments and in policy_kwargs, with different "
+                "values: pass them as the algorithm's arguments only"
+            )
+        self.policy_kwargs = {**user_policy_kwargs, **options}
         try:
             super()._setup_model()
         finally:
@@ -197,17 +204,13 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
 
     def _policy_options(self) -> dict[str, Any]:
         """
-        Algorithm options that are the policy's arguments (``n_flow_steps``, and the test-time knobs of
-        ``policy_knobs``), merged into ``policy_kwargs`` when the policy is built.
+        Algorithm options that are the policy's arguments (``n_flow_steps``, and the initial values of the policy's
+        test-time knobs listed in ``policy_knobs``), merged into ``policy_kwargs`` when the policy is built. The knobs
+        live on the policy afterwards (``model.policy.n_samples``), and a save records their current values.
         """
         options = {} if self.n_flow_steps is None else {"n_flow_steps": self.n_flow_steps}
         options.update({name: getattr(self, name) for name in self.policy_knobs})
         return options
-
-    def _sync_policy_knobs(self) -> None:
-        # A knob changed on the policy at test time (model.policy.n_samples = 4) is what a save records.
-        for name in self.policy_knobs:
-            setattr(self, name, getattr(self.policy, name))
 
     def add_dataset(self, dataset: DatasetSource) -> None:
         """
@@ -387,7 +390,6 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
         """SB3's ``save`` (atomic); during :meth:`learn_offline` it records the environment-step count."""
-        self._sync_policy_knobs()
         if getattr(self, "_offline_env_steps", None) is None:
             super().save(path, exclude=exclude, include=include)
             return

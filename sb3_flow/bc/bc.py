@@ -312,6 +312,8 @@ class FlowBC(BaseBC):
         self.time_sampling = time_sampling
         self.beta_params = tuple(beta_params)
         self.return_gamma = check_finite_number(return_gamma, "return_gamma", minimum=0.0)
+        if self.return_gamma > 1.0:
+            raise ValueError(f"return_gamma must be in [0, 1], got {return_gamma}")
         super().__init__(
             policy,
             env,
@@ -331,8 +333,7 @@ class FlowBC(BaseBC):
         loss = self.policy.cfm_loss_from_features(features, actions, times, noises).mean()
         if isinstance(self.policy, ReturnHeadFlowPolicy) and rows is not None:
             # The return head regresses the data's discounted Monte-Carlo returns beside the flow (no TD learning).
-            predicted = self.policy.predicted_returns_from_features(features, actions)
-            loss = loss + (predicted - self._returns_to_go()[rows]).pow(2).mean()
+            loss = loss + self.policy.return_head_loss(features, actions, self._returns_to_go()[rows])
         return loss
 
     def _returns_to_go(self) -> th.Tensor:
@@ -342,6 +343,8 @@ class FlowBC(BaseBC):
                 raise ValueError("The demonstrations' rewards hold NaN or inf: the return head cannot be trained on them")
             returns = self.demonstrations.returns_to_go(self.return_gamma)
             self._demo_returns = th.as_tensor(returns, device=self.device)
+            assert isinstance(self.policy, ReturnHeadFlowPolicy)
+            self.policy.set_return_statistics(self._demo_returns)
         return self._demo_returns
 
 

@@ -104,7 +104,10 @@ class CFGRL(InSampleFlowAlgorithm):
     def optimality_labels(self, data: ReplayBufferSamples) -> th.Tensor:
         """
         "optimal" (2) where ``agg_k Q_k(s, a) - V(s) >= advantage_threshold``, else "not optimal" (1), then null (0)
-        with probability ``label_dropout``; shape (batch,).
+        with probability ``label_dropout``.
+
+        :param data: a minibatch
+        :return: one label per row, shape (batch,)
         """
         with th.no_grad():
             q_values = aggregate_q(self.policy.q_values(data.observations, data.actions), self.q_agg)
@@ -119,5 +122,6 @@ class CFGRL(InSampleFlowAlgorithm):
         actions = data.actions.reshape(len(data.actions), -1)
         times = sample_times((len(actions), 1), "uniform", device=self.device)
         noises = self.noise_draws(len(actions)).unsqueeze(1)
-        loss = self.policy.bc_policy.labelled_cfm_loss(data.observations, actions, labels, times, noises).mean()
+        # The labels were made above, in range: no check (it would read them back from the device every step).
+        loss = self.policy.bc_policy.labelled_cfm_loss(data.observations, actions, labels, times, noises, False).mean()
         return loss, {"optimal_fraction": (labels == OPTIMAL_LABEL).float().mean().item()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch as th
 from torch import nn
 
+from sb3_flow.common.utils import check_finite_number
+
 Q_AGGREGATIONS = ("mean", "min")
 
 
@@ -85,10 +87,16 @@ def aggregate_q(q_values: th.Tensor, how: str) -> th.Tensor:
 
 
 def check_expectile(expectile: float) -> float:
-    """:raises ValueError: unless ``expectile`` is a number strictly between 0 and 1."""
-    if isinstance(expectile, bool) or not isinstance(expectile, (int, float)) or not 0.0 < float(expectile) < 1.0:
+    """
+    :param expectile: IQL's tau
+    :return: it, as a float
+    :raises TypeError: when it is not a number
+    :raises ValueError: unless it is strictly between 0 and 1
+    """
+    value = check_finite_number(expectile, "expectile")
+    if not 0.0 < value < 1.0:
         raise ValueError(f"expectile must be a number in (0, 1) (IQL: 0.7 to 0.9), got {expectile!r}")
-    return float(expectile)
+    return value
 
 
 def expectile_loss(differences: th.Tensor, expectile: float) -> th.Tensor:

@@ -18,7 +18,13 @@ from tqdm.auto import tqdm
 
 from sb3_flow.common.files import atomic_target, existing_file, with_suffix_if_missing
 from sb3_flow.common.observations import concatenate_rows, copy_rows, index_rows, n_rows, non_finite_rows, stack_rows
-from sb3_flow.common.utils import check_box_action_space, check_finite_number, check_positive_int
+from sb3_flow.common.utils import (
+    check_box_action_space,
+    check_discount,
+    check_finite_number,
+    check_positive_int,
+    chunk_ratio,
+)
 
 Observations = np.ndarray | dict[str, np.ndarray]
 Expert = Any  # an SB3 model (anything with ``predict(obs, deterministic=...)``) or a callable obs -> action
@@ -87,9 +93,7 @@ class Demonstrations:
 
         :param gamma: discount factor in [0, 1]
         """
-        gamma = check_finite_number(gamma, "gamma", minimum=0.0)
-        if gamma > 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        gamma = check_discount(gamma)
         returns = np.zeros(len(self), dtype=np.float64)
         following = 0.0
         for row in range(len(self) - 1, -1, -1):
@@ -114,9 +118,17 @@ class Demonstrations:
         """
         expected_action = action_space.shape
         if self.actions.shape[1:] != expected_action:
+            hint = ""
+            if horizon := chunk_ratio(self.actions.shape[1:], action_space):
+                hint = (
+                    f"; if the environment takes chunks of {horizon} actions (ActionChunkWrapper), chunk the "
+                    f"demonstrations with demonstrations.chunked({horizon}, gamma).demonstrations"
+                )
+            elif horizon := chunk_ratio(action_space, self.actions.shape[1:]):
+                hint = f"; if these are chunks of {horizon} actions, they are for ActionChunkWrapper(env, {horizon})"
             raise ValueError(
                 f"Demonstration actions have shape {self.actions.shape[1:]} per step, "
-                f"but the action space {action_space} expects {expected_action}"
+                f"but the action space {action_space} expects {expected_action}{hint}"
             )
         for name in _OBS_FIELDS:
             value = getattr(self, name)
@@ -209,6 +221,66 @@ class Demonstrations:
             raise ValueError(f"{path!s} is not a demonstrations file: it lacks {missing}")
         return cls(**values)
 
+    def chunked(self, horizon: int, gamma: float = 0.99) -> ChunkedDemonstrations:
+        """
+        Transitions over action chunks (Q-chunking, Li et al., 2025), for a policy or critic on
+        ``ActionChunkWrapper(env, horizon, gamma)``: row ``i`` of the result is the chunk that starts at row ``i``, a
+        window sliding inside its episode (every row starts a chunk, as in QC's sequence sampling).
+
+        Paper: https://arxiv.org/abs/2507.07969
+        Reference implementation: https://github.com/ColinQiyangLi/qc (``utils/datasets.py``, ``sample_sequence``)
+
+        The chunk's steps are the next ``horizon`` rows up to the episode's end (the first row that is terminated or
+        truncated, or the row before the next episode start); ``chunk_steps`` counts them. Row ``i`` of the new
+        :class:`Demonstrations` holds: ``observations`` of row ``i``; ``actions``, the chunk's actions flattened to
+        (n, horizon * action_dim) as ``ActionChunkWrapper`` takes them; ``rewards``, ``sum_j gamma**j r_{i+j}`` over the
+        chunk's steps; ``next_observations``, the observation after its last step; ``terminations`` / ``truncations``,
+        whether the episode terminated / was truncated inside the chunk; ``episode_starts`` as before. Exactly what
+        the wrapper returns when it executes these actions from that observation.
+
+        **The episode's last steps.** A chunk starting fewer than ``horizon`` rows before its episode's end is kept
+        (as in QC), with ``valid[i, j] = j < chunk_steps[i]``: QC's ``valid`` (``valid[:, j] = 1 - terminals[:, j-1]``
+        accumulated, ``terminals`` being episode ends). QC's chunk just reads the rows that follow in the buffer (the
+        next episode's actions) and relies on the mask: its critic loss is weighted by ``valid[..., -1]`` (only chunks
+        that lie entirely inside their episode train the critic) and its flow-matching loss by ``valid`` per step. Here
+        the missing actions are padded by repeating the episode's last action, so that every padded chunk stays inside
+        the action box and a mask-unaware learner (FlowBC) is taught to hold the last action rather than to imitate
+        another episode; a mask-aware learner never sees the padding. Rewards, next observation and flags come from
+        the in-episode steps only, so ``gamma ** chunk_steps`` (:attr:`ChunkedDemonstrations.discounts`) is the right
+        bootstrap discount for every row; QC bootstraps with ``gamma ** horizon``, which is the same on the rows its
+        critic trains on. An episode that the data leaves unfinished (neither terminated nor truncated) ends its
+        chunks at the last row, unterminated.
+
+        :param horizon: H, the number of actions in a chunk (QC: 5)
+        :param gamma: the discount inside a chunk, the wrapper's ``gamma``
+        :return: the chunked transitions with their ``chunk_steps`` and ``valid`` mask
+        :raises ValueError: for a horizon that is not a positive integer or ``gamma`` outside [0, 1]
+        """
+        horizon = check_positive_int(horizon, "horizon")
+        gamma = check_discount(gamma)
+        n = len(self)
+        rows = np.arange(n)
+        ends = self.terminations | self.truncations | np.append(self.episode_starts[1:], True)
+        # The episode's last row at or after each row: a running minimum, from the end, of the rows that end one.
+        last_rows = np.minimum.accumulate(np.where(ends, rows, n)[::-1])[::-1]
+        chunk_steps = np.minimum(horizon, last_rows - rows + 1).astype(np.int64)
+        offsets = np.arange(horizon)
+        valid = offsets[None, :] < chunk_steps[:, None]
+        # Row of each action of each chunk, padded with the chunk's last in-episode row.
+        index = rows[:, None] + np.minimum(offsets[None, :], chunk_steps[:, None] - 1)
+        rewards = np.where(valid, self.rewards[index].astype(np.float64), 0.0) @ (gamma ** offsets.astype(np.float64))
+        last = rows + chunk_steps - 1
+        demonstrations = Demonstrations(
+            observations=copy_rows(self.observations),
+            actions=self.actions[index].reshape(n, horizon * int(np.prod(self.actions.shape[1:], dtype=np.int64))),
+            rewards=rewards.astype(np.float32),
+            next_observations=index_rows(self.next_observations, last),
+            terminations=(self.terminations[index] & valid).any(axis=1),
+            truncations=(self.truncations[index] & valid).any(axis=1),
+            episode_starts=self.episode_starts.copy(),
+        )
+        return ChunkedDemonstrations(demonstrations, horizon, gamma, chunk_steps, valid)
+
     @classmethod
     def concatenate(cls, parts: list[Demonstrations]) -> Demonstrations:
         """Join several sets of demonstrations, in order."""
@@ -219,6 +291,56 @@ class Demonstrations:
             return concatenate_rows([getattr(part, name) for part in parts])
 
         return cls(**{field.name: join(field.name) for field in fields(cls)})
+
+
+@dataclass
+class ChunkedDemonstrations:
+    """
+    Demonstrations over action chunks, made by :meth:`Demonstrations.chunked`, with what a TD target over chunks needs
+    besides the transitions (Q-chunking, Li et al., 2025: https://arxiv.org/abs/2507.07969).
+
+    :param demonstrations: one row per chunk; actions of shape (n, horizon * action_dim), fitting
+        ``ActionChunkWrapper(env, horizon)``'s spaces (pass them to FlowBC, or to an algorithm on the chunked env)
+    :param horizon: H, the number of actions in a chunk
+    :param gamma: the discount the chunk rewards were summed with
+    :param chunk_steps: shape (n,), the chunk's steps inside its episode, in [1, horizon]
+    :param valid: shape (n, horizon), bool, ``valid[i, j] = j < chunk_steps[i]``: which actions of the chunk lie
+        inside its episode (QC's ``valid``); the others are padding
+    """
+
+    demonstrations: Demonstrations
+    horizon: int
+    gamma: float
+    chunk_steps: np.ndarray
+    valid: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.demonstrations)
+        self.chunk_steps = np.asarray(self.chunk_steps, dtype=np.int64).reshape(-1)
+        self.valid = np.asarray(self.valid, dtype=bool)
+        if self.chunk_steps.shape != (n,) or self.valid.shape != (n, self.horizon):
+            raise ValueError(
+                f"ChunkedDemonstrations of {n} rows and horizon {self.horizon} need chunk_steps of shape ({n},) and valid "
+                f"of shape ({n}, {self.horizon}), got {self.chunk_steps.shape} and {self.valid.shape}"
+            )
+        if not np.array_equal(self.valid.sum(axis=1), self.chunk_steps):
+            raise ValueError("valid must mark the first chunk_steps actions of each chunk")
+
+    def __len__(self) -> int:
+        return len(self.demonstrations)
+
+    @property
+    def discounts(self) -> np.ndarray:
+        """``gamma ** chunk_steps``, shape (n,): the discount a TD target bootstraps the chunk's next observation with."""
+        return (self.gamma ** self.chunk_steps.astype(np.float64)).astype(np.float32)
+
+    @property
+    def complete(self) -> np.ndarray:
+        """
+        ``valid[:, -1]``, shape (n,): the chunks whose every action lies inside their episode, the rows QC's critic
+        loss keeps (``critic_loss * batch["valid"][..., -1]`` in its ``agents/acfql.py``).
+        """
+        return self.valid[:, -1].copy()
 
 
 def in_env_image_layout(demonstrations: Demonstrations, env: VecEnv | None, action_space: spaces.Space) -> Demonstrations:

@@ -138,6 +138,10 @@ def _algorithm_mismatch(cls: type, data: dict[str, Any]) -> str | None:
     return None
 
 
+# Attribute under which a model zip records its policy's test-time knobs (``policy.test_time_knobs()``) at save time.
+TEST_TIME_KNOBS_KEY = "policy_test_time_knobs"
+
+
 class ModelFileMixin:
     """
     Model files for SB3 algorithms, as users expect them. Put it first among the bases:
@@ -164,21 +168,16 @@ class ModelFileMixin:
         :param include: names of parameters that might be excluded but should be included anyway
         """
         setattr(self, SAVED_BY_KEY, type(self).__name__)
-        # The policy is rebuilt from policy_kwargs on load: a test-time knob changed on the policy since it was built
-        # (a guidance weight, best-of-N's N) is recorded there, so that the loaded model acts as the saved one.
+        # The policy is rebuilt from policy_kwargs on load: the test-time knobs it holds now (a guidance weight changed
+        # since it was built, best-of-N's N) are recorded beside them and set again by ``load``, so that the loaded
+        # model acts as the saved one (policy_kwargs stay what the user passed: SB3's load compares them).
         policy_test_time_knobs = getattr(getattr(self, "policy", None), "test_time_knobs", None)
-        knobs = policy_test_time_knobs() if policy_test_time_knobs is not None else {}
-        user_policy_kwargs = self.policy_kwargs  # type: ignore[attr-defined]
-        if knobs:
-            self.policy_kwargs = {**user_policy_kwargs, **knobs}  # type: ignore[attr-defined]
-        try:
-            if isinstance(path, io.IOBase):
-                super().save(path, exclude=exclude, include=include)  # type: ignore[misc]
-                return
-            with atomic_target(with_suffix_if_missing(path, ".zip")) as temporary:
-                super().save(temporary, exclude=exclude, include=include)  # type: ignore[misc]
-        finally:
-            self.policy_kwargs = user_policy_kwargs  # type: ignore[attr-defined]
+        setattr(self, TEST_TIME_KNOBS_KEY, policy_test_time_knobs() if policy_test_time_knobs is not None else {})
+        if isinstance(path, io.IOBase):
+            super().save(path, exclude=exclude, include=include)  # type: ignore[misc]
+            return
+        with atomic_target(with_suffix_if_missing(path, ".zip")) as temporary:
+            super().save(temporary, exclude=exclude, include=include)  # type: ignore[misc]
 
     @classmethod
     def load(
@@ -211,7 +210,7 @@ class ModelFileMixin:
                 raise ValueError(f"{path} holds {mismatch}")
         if isinstance(env, str):
             env = gym.make(env)
-        return super().load(  # type: ignore[misc]
+        model = super().load(  # type: ignore[misc]
             path,
             env=env,
             device=device,
@@ -220,3 +219,6 @@ class ModelFileMixin:
             force_reset=force_reset,
             **kwargs,
         )
+        for name, value in (getattr(model, TEST_TIME_KNOBS_KEY, None) or {}).items():
+            setattr(model.policy, name, value)
+        return model

@@ -84,6 +84,46 @@ def check_positive_finite(value: float, name: str) -> float:
     return check_finite_number(value, name, minimum=0.0, strict=True)
 
 
+def check_discount(gamma: float, name: str = "gamma") -> float:
+    """
+    :param gamma: a discount factor
+    :param name: its name, for the error message
+    :return: it as a float
+    :raises TypeError: when it is not a real number
+    :raises ValueError: when it is not a finite number in [0, 1]
+    """
+    gamma = check_finite_number(gamma, name, minimum=0.0)
+    if gamma > 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {gamma}")
+    return gamma
+
+
+def chunk_ratio(one_step: spaces.Space | tuple[int, ...], chunk: spaces.Space | tuple[int, ...]) -> int | None:
+    """
+    The horizon H when ``chunk`` looks like a flat chunk of H actions of ``one_step`` (ActionChunkWrapper's action
+    space: the bounds tiled, when both are Boxes), for error messages that suggest chunking. It only looks like one: a
+    caller words its hint as a possibility.
+
+    :param one_step: the space (or shape) of one action
+    :param chunk: the space (or shape) that may be a chunk of them
+    :return: H > 1, or None when it is not such a chunk
+    """
+    one_shape, chunk_shape = getattr(one_step, "shape", one_step), getattr(chunk, "shape", chunk)
+    if one_shape is None or chunk_shape is None or len(chunk_shape) != 1:
+        return None
+    one, many = int(np.prod(one_shape)), int(np.prod(chunk_shape))
+    if one == 0 or many <= one or many % one:
+        return None
+    if isinstance(one_step, spaces.Box) and isinstance(chunk, spaces.Box):
+        tiled = all(
+            np.allclose(np.tile(getattr(one_step, bound).reshape(-1), many // one), getattr(chunk, bound))
+            for bound in ("low", "high")
+        )
+        if not tiled:
+            return None
+    return many // one
+
+
 def check_positive_int(value: int, name: str, minimum: int = 1) -> int:
     """
     :param value: an integer (Python or numpy; not a bool, not a float)
@@ -166,8 +206,20 @@ def check_policy_matches_env(
             f"the environment's observation space {env_observation_space}"
         )
     if not spaces_match(policy_action_space, env_action_space):
+        hint = ""
+        if horizon := chunk_ratio(env_action_space, policy_action_space):
+            hint = (
+                f"; if the {what} emits chunks of {horizon} actions, it acts on ActionChunkWrapper(env, horizon={horizon}), "
+                "not on the unchunked environment"
+            )
+        elif horizon := chunk_ratio(policy_action_space, env_action_space):
+            hint = (
+                f"; if the environment takes chunks of {horizon} actions (ActionChunkWrapper), the {what} must be one "
+                "trained on the chunked environment"
+            )
         raise ValueError(
-            f"The {what}'s action space {policy_action_space} does not match the environment's action space {env_action_space}"
+            f"The {what}'s action space {policy_action_space} does not match the environment's action space "
+            f"{env_action_space}{hint}"
         )
 
 

@@ -121,21 +121,40 @@ class ConditionalFlowPolicy(FlowPolicy):
         return data
 
     def check_labels(self, labels: th.Tensor) -> th.Tensor:
-        """Labels as a long tensor on the policy's device; values outside ``[0, n_labels]`` raise a ValueError."""
-        labels = th.as_tensor(labels, device=self.device).long().reshape(-1)
+        """
+        :param labels: one integer label per row
+        :return: them as a long tensor on the policy's device
+        :raises TypeError: for labels that are not integers
+        :raises ValueError: for values outside ``[0, n_labels]`` (this check reads the values back from the device)
+        """
+        labels = th.as_tensor(labels, device=self.device)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == th.bool:
+            raise TypeError(f"labels must be integers in [0 (null), {self.n_labels}], got a {labels.dtype} tensor")
+        labels = labels.long().reshape(-1)
         if labels.numel() and (int(labels.min()) < NULL_LABEL or int(labels.max()) > self.n_labels):
             raise ValueError(f"labels must be in [0 (null), {self.n_labels}], got values in [{labels.min()}, {labels.max()}]")
         return labels
 
     def labelled_conditioning(self, features: th.Tensor, labels: th.Tensor | int) -> th.Tensor:
-        """First-layer conditioning of observations with labels (one per row, or one for all), shape (batch, hidden)."""
+        """
+        First-layer conditioning of observations with labels, shape (batch, hidden).
+
+        :param features: observation features, shape (batch, features_dim)
+        :param labels: one label per row (a long tensor), or one label (an int) for all rows
+        """
         conditioning = self.velocity_net.condition(features)
         if isinstance(labels, int):
             return conditioning + self.label_embedding.weight[labels]
         return conditioning + self.label_embedding(labels)
 
     def labelled_cfm_loss(
-        self, obs: PyTorchObs, actions: th.Tensor, labels: th.Tensor, times: th.Tensor, noises: th.Tensor
+        self,
+        obs: PyTorchObs,
+        actions: th.Tensor,
+        labels: th.Tensor,
+        times: th.Tensor,
+        noises: th.Tensor,
+        check_labels: bool = True,
     ) -> th.Tensor:
         """
         Per-(sample, draw) CFM loss of the flow conditioned on ``labels`` (null = 0 trains the unconditional flow).
@@ -145,10 +164,13 @@ class ConditionalFlowPolicy(FlowPolicy):
         :param labels: one label per row, shape (batch,)
         :param times: shape (batch, n_draws)
         :param noises: shape (batch, n_draws, action_dim)
+        :param check_labels: check the labels' type and range (labels made by the caller's own code can skip the check,
+            which reads them back from the device)
         :return: shape (batch, n_draws)
         """
         features = self.extract_features(obs, self.features_extractor)
-        conditioning = self.labelled_conditioning(features, self.check_labels(labels)).unsqueeze(1)
+        labels = self.check_labels(labels) if check_labels else labels
+        conditioning = self.labelled_conditioning(features, labels).unsqueeze(1)
         return flow_cfm_loss(
             ConditionedVelocity(self.velocity_net, conditioning), actions.reshape(len(actions), -1), times, noises
         )

@@ -27,8 +27,9 @@ from sb3_flow.common.files import atomic_target, existing_file
 from sb3_flow.common.guidance import critic_gradient_guidance
 from sb3_flow.common.observations import first_entry, index_rows
 from sb3_flow.common.utils import check_box_action_space, check_finite_number, check_positive_int, spaces_match
+from sb3_flow.policies.conditional import ConditionalFlowPolicy
 from sb3_flow.policies.flow_policy import FlowPolicy
-from sb3_flow.policies.loading import load_flow_policy
+from sb3_flow.policies.loading import flow_part, load_flow_policy
 
 SELECTION_RULES = ("argmax", "softmax")
 SAMPLER_FILE_FORMAT = "sb3_flow.critic_sampler.v1"
@@ -39,6 +40,7 @@ def critic_policy(source: Any) -> BasePolicy:
     """
     The policy that holds a critic: ``source`` itself or a model's ``.policy``.
 
+    :param source: a policy or a model
     :raises TypeError: when it has neither ``q_values`` (sb3-flow) nor a ``critic`` module (SB3's SAC, TD3, DDPG)
     """
     policy = getattr(source, "policy", source)
@@ -72,6 +74,11 @@ def deterministic_noises(n_samples: int, action_dim: int, device: th.device) -> 
     The N initial noises of a deterministic best-of-N call: zero (the flow's deterministic action) first, then fixed
     standard normal draws (seed 0, not from the global generator), so that deterministic predictions repeat.
     Cached: never modify the result in place.
+
+    :param n_samples: N
+    :param action_dim: size of the flattened action
+    :param device: where the noises go
+    :return: shape (N, action_dim)
     """
     generator = th.Generator().manual_seed(0)
     draws = th.randn((n_samples - 1, action_dim), generator=generator)
@@ -179,10 +186,16 @@ def best_of_n_actions(
 
 
 def _flow_copy(base: Any) -> FlowPolicy:
-    """A private copy of a flow base: a FlowPolicy (conditional ones keep their guidance), a model holding one, a path."""
+    """
+    A private copy of a flow base: of a FlowPolicy or of a model's (``.policy``, or FQL-style ``.bc_policy``), only the
+    flow (:func:`~sb3_flow.policies.loading.flow_part`), except that a conditional flow is copied whole and keeps its
+    guidance; or the plain flow of a saved file (:func:`~sb3_flow.policies.loading.load_flow_policy`).
+    """
     for candidate in (base, getattr(base, "policy", None), getattr(base, "bc_policy", None)):
-        if isinstance(candidate, FlowPolicy):
+        if isinstance(candidate, ConditionalFlowPolicy):
             return copy.deepcopy(candidate)
+        if isinstance(candidate, FlowPolicy):
+            return flow_part(candidate)
     return load_flow_policy(base)
 
 

@@ -215,10 +215,19 @@ class InSampleFlowQPolicy(BestOfNKnobs, FlowQPolicy):
         **kwargs: Any,
     ):
         self.n_samples, self.selection, self.temperature = n_samples, selection, temperature
-        if q_agg not in Q_AGGREGATIONS:
-            raise ValueError(f"q_agg must be one of {Q_AGGREGATIONS}, got {q_agg!r}")
         self.q_agg = q_agg
         super().__init__(*args, **kwargs)
+
+    @property
+    def q_agg(self) -> str:
+        """ "mean" or "min" over the critics where actions are scored (fixed by the algorithm: its ``q_agg``)."""
+        return self._q_agg
+
+    @q_agg.setter
+    def q_agg(self, value: str) -> None:
+        if value not in Q_AGGREGATIONS:
+            raise ValueError(f"q_agg must be one of {Q_AGGREGATIONS}, got {value!r}")
+        self._q_agg = value
 
     def _build_actor(self, lr_schedule: Schedule) -> None:
         value_features = self.make_features_extractor()

@@ -36,6 +36,30 @@ class ReturnHeadFlowPolicy(GuidanceScaleKnob, FlowPolicy):
     def _build_extra_networks(self) -> None:
         net_arch = self.net_arch if self.return_net_arch is None else self.return_net_arch
         self.return_head = mlp(self.features_extractor.features_dim + self.action_dim, 1, net_arch, self.activation_fn, True)
+        # The head regresses standardized returns (a loss of order 1 beside the CFM loss, whatever the reward scale);
+        # the statistics of the training data are kept here, saved with the weights, to give G in return units.
+        self.register_buffer("return_mean", th.zeros(()))
+        self.register_buffer("return_std", th.ones(()))
+
+    def set_return_statistics(self, returns: th.Tensor) -> None:
+        """
+        Standardize the head's targets with the mean and std of ``returns`` (the training data's returns-to-go).
+
+        :param returns: the Monte-Carlo returns the head is trained on
+        """
+        self.return_mean.fill_(returns.mean().item())
+        self.return_std.fill_(max(returns.std().item(), 1e-6) if returns.numel() > 1 else 1.0)
+
+    def return_head_loss(self, features: th.Tensor, actions: th.Tensor, returns: th.Tensor) -> th.Tensor:
+        """
+        Mean squared error of the head on standardized returns.
+
+        :param features: observation features
+        :param actions: normalized actions
+        :param returns: Monte-Carlo returns, in return units
+        """
+        standardized = self.return_head(th.cat([features, actions.reshape(len(actions), -1)], dim=-1)).squeeze(-1)
+        return (standardized - (returns - self.return_mean) / self.return_std).pow(2).mean()
 
     def test_time_knobs(self) -> dict[str, Any]:
         return {**super().test_time_knobs(), "guidance_scale": self.guidance_scale}
@@ -46,11 +70,22 @@ class ReturnHeadFlowPolicy(GuidanceScaleKnob, FlowPolicy):
         return data
 
     def predicted_returns_from_features(self, features: th.Tensor, actions: th.Tensor) -> th.Tensor:
-        """G(s, a) for already extracted features, shape (batch,)."""
-        return self.return_head(th.cat([features, actions.reshape(len(actions), -1)], dim=-1)).squeeze(-1)
+        """
+        G(s, a) in return units, shape (batch,).
+
+        :param features: observation features
+        :param actions: normalized actions
+        """
+        standardized = self.return_head(th.cat([features, actions.reshape(len(actions), -1)], dim=-1)).squeeze(-1)
+        return standardized * self.return_std + self.return_mean
 
     def q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
-        """The head as a one-network critic: G(s, a), shape (1, batch) (so samplers take it as any Q ensemble)."""
+        """
+        The head as a one-network critic: G(s, a), shape (1, batch) (so samplers take it as any Q ensemble).
+
+        :param obs: observations (tensors)
+        :param actions: normalized actions
+        """
         return self.predicted_returns_from_features(self.extract_features(obs, self.features_extractor), actions)[None]
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = False) -> th.Tensor:
@@ -59,7 +94,12 @@ class ReturnHeadFlowPolicy(GuidanceScaleKnob, FlowPolicy):
         return guided_sample(self, self.score, observation, self.guidance_scale, deterministic)
 
     def score(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
-        """G(s, a), shape (batch,): what the guidance climbs."""
+        """
+        G(s, a), shape (batch,): what the guidance climbs.
+
+        :param obs: observations (tensors)
+        :param actions: normalized actions
+        """
         return self.q_values(obs, actions)[0]
 
 

@@ -1,7 +1,9 @@
-"""Gymnasium / VecEnv wrappers that steer a frozen base flow policy (DSRL noise space, residual actions)."""
+"""Gymnasium / VecEnv wrappers: steering a frozen base flow policy (DSRL noise space, residual actions) and action
+chunking."""
 
 from sb3_flow.common.callbacks import ZeroInitActorCallback
 from sb3_flow.common.utils import zero_init_actor
+from sb3_flow.wrappers.chunk import ActionChunkWrapper, make_chunked_vec_env
 from sb3_flow.wrappers.noise import NoiseActionWrapper, VecNoiseActionWrapper
 from sb3_flow.wrappers.residual import (
     ExecutedResidualDictReplayBuffer,
@@ -12,6 +14,7 @@ from sb3_flow.wrappers.residual import (
 )
 
 __all__ = [
+    "ActionChunkWrapper",
     "ExecutedResidualDictReplayBuffer",
     "ExecutedResidualReplayBuffer",
     "NoiseActionWrapper",
@@ -19,6 +22,7 @@ __all__ = [
     "VecNoiseActionWrapper",
     "VecResidualActionWrapper",
     "ZeroInitActorCallback",
+    "make_chunked_vec_env",
     "zero_init_actor",
     "zero_init_residual",
 ]
