@@ -4,13 +4,25 @@ DSRL's noise wrapper, FlowPPO and SAC."""
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_flow import ActionChunkWrapper, ChunkedDemonstrations, Demonstrations, FlowBC, FlowPPO, make_chunked_vec_env
+from sb3_flow import (
+    FQL,
+    IFQL,
+    ActionChunkWrapper,
+    ChunkedDemonstrations,
+    Demonstrations,
+    FlowBC,
+    FlowPPO,
+    ReinFlow,
+    make_chunked_vec_env,
+)
 from sb3_flow.common.demonstrations import collect_demonstrations
 from sb3_flow.common.experts import pendulum_swing_up
 from sb3_flow.wrappers import NoiseActionWrapper
@@ -360,9 +372,10 @@ def test_dsrl_noise_space_over_a_chunked_base_policy_is_h_times_action_dim(chunk
     model.learn(16)
 
 
-def test_flow_ppo_trains_on_a_chunked_env_and_save_loads(tmp_path):
+@pytest.mark.parametrize("algo", [FlowPPO, ReinFlow])
+def test_on_policy_flow_algorithms_train_on_a_chunked_env_and_save_load(algo, tmp_path):
     env = ActionChunkWrapper(gym.make("Pendulum-v1"), 5)
-    model = FlowPPO(
+    model = algo(
         "MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0,
         policy_kwargs={"net_arch": [16], "value_net_arch": [16]},
     )  # fmt: skip
@@ -371,6 +384,56 @@ def test_flow_ppo_trains_on_a_chunked_env_and_save_loads(tmp_path):
     obs = np.random.default_rng(0).uniform(-1, 1, (4, 3)).astype(np.float32)
     actions, _ = model.predict(obs, deterministic=True)
     assert actions.shape == (4, 5)
-    model.save(tmp_path / "chunked_ppo.zip")
-    loaded = FlowPPO.load(tmp_path / "chunked_ppo.zip", env=ActionChunkWrapper(gym.make("Pendulum-v1"), 5))
+    model.save(tmp_path / "chunked.zip")
+    loaded = algo.load(tmp_path / "chunked.zip", env=ActionChunkWrapper(gym.make("Pendulum-v1"), 5))
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], actions)
+
+
+# ----------------------------------------------------------------------------- Q-chunking on the off-policy core (QC)
+
+QC_NETS = {"net_arch": [16], "critic_net_arch": [16]}
+
+
+def test_qc_fql_chunks_the_dataset_and_bootstraps_with_gamma_to_the_horizon(pendulum_demos):
+    model = FQL("MlpPolicy", "Pendulum-v1", dataset=pendulum_demos, action_horizon=3, gamma=0.9, batch_size=16,
+                policy_kwargs=QC_NETS, seed=0)  # fmt: skip
+    assert model.action_space.shape == (3,)
+    chunked = pendulum_demos.chunked(3, 0.9)
+    # Chunks cut short by a truncation are left out (QC's valid mask); 20 truncated 200-step episodes lose 2 each.
+    assert model.replay_buffer.n_offline == len(pendulum_demos) - 2 * 20
+    np.testing.assert_allclose(model.replay_buffer.offline.rewards[0, 0], chunked.demonstrations.rewards[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        model.replay_buffer.offline.actions[0], model.policy.scale_action(pendulum_demos.actions[:3].reshape(-1)), rtol=1e-6
+    )
+    data = model.replay_buffer.sample(8)
+    data = data._replace(dones=th.tensor([[1.0], [0.0]] * 4))
+    next_values = th.arange(8, dtype=th.float32)
+    expected = data.rewards.flatten() + 0.9**3 * (1.0 - data.dones.flatten()) * next_values
+    th.testing.assert_close(model.bootstrapped_targets(data, next_values), expected)
+
+
+def test_qc_fql_learns_over_chunks_and_reloads_onto_a_plain_env_id(pendulum_demos, tmp_path):
+    model = FQL("MlpPolicy", "Pendulum-v1", dataset=pendulum_demos, action_horizon=4, batch_size=16,
+                policy_kwargs=QC_NETS, seed=0)  # fmt: skip
+    model.learn_offline(5)
+    model.learn(10)  # 10 decisions: chunks of 4 environment steps
+    assert model.num_timesteps == 10 and model.env.get_attr("env_steps") == [40]
+    model.save(tmp_path / "qc")
+    loaded = FQL.load(tmp_path / "qc", env="Pendulum-v1")  # wrapped again, as it was trained
+    assert loaded.env.get_attr("horizon") == [4]
+    obs = np.zeros((2, 3), np.float32)
+    np.testing.assert_allclose(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    best_of_n = IFQL("MlpPolicy", "Pendulum-v1", dataset=pendulum_demos, action_horizon=4, n_samples=3, batch_size=16,
+                     policy_kwargs=QC_NETS, seed=0)  # fmt: skip
+    assert best_of_n.learn_offline(3).predict(obs)[0].shape == (2, 4)  # best-of-N over chunks
+
+
+def test_qc_bad_input_gets_clear_errors(pendulum_demos):
+    with pytest.raises(ValueError, match="action_horizon"):
+        FQL("MlpPolicy", "Pendulum-v1", action_horizon=0)
+    with pytest.raises(ValueError, match="make_chunked_vec_env"):
+        FQL("MlpPolicy", make_vec_env("Pendulum-v1"), action_horizon=3)
+    with pytest.raises(ValueError, match="must agree"):
+        FQL("MlpPolicy", ActionChunkWrapper(gym.make("Pendulum-v1"), 3, gamma=0.9), action_horizon=3, gamma=0.99)
+    chunked_vec = make_chunked_vec_env("Pendulum-v1", 3, gamma=0.99)
+    assert FQL("MlpPolicy", chunked_vec, action_horizon=3, policy_kwargs=QC_NETS).action_space.shape == (3,)

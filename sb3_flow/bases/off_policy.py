@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from sb3_flow.common.buffers import DictOfflineReplayBuffer, OfflineData, OfflineDataMixin, OfflineReplayBuffer
 from sb3_flow.common.critics import Q_AGGREGATIONS, aggregate_q
 from sb3_flow.common.demonstrations import Demonstrations, in_env_image_layout
-from sb3_flow.common.files import ModelFileMixin, atomic_target, with_suffix_if_missing
+from sb3_flow.common.files import ModelFileMixin, atomic_target, existing_file, read_saved_numbers, with_suffix_if_missing
 from sb3_flow.common.flow import sample_times
 from sb3_flow.common.utils import (
     check_box_action_space,
@@ -39,6 +39,7 @@ from sb3_flow.common.utils import (
 )
 from sb3_flow.policies.flow_policy import FlowPolicy
 from sb3_flow.policies.flow_q import FlowQPolicy
+from sb3_flow.wrappers.chunk import chunked_env
 
 SelfFlowOffPolicy = TypeVar("SelfFlowOffPolicy", bound="FlowOffPolicyAlgorithm")
 DatasetSource = Demonstrations | str | os.PathLike
@@ -84,6 +85,11 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
     :param tau: Polyak coefficient of the target critic
     :param gamma: discount factor
     :param q_agg: "mean" or "min" over the critics in the TD target
+    :param action_horizon: H > 1 makes the method act in chunks of H actions (Q-chunking, Li et al., 2025,
+        https://arxiv.org/abs/2507.07969): the env is wrapped in :class:`~sb3_flow.wrappers.ActionChunkWrapper` (an env
+        id or a gymnasium env; a VecEnv must come from :func:`~sb3_flow.wrappers.make_chunked_vec_env`), datasets of
+        single actions are chunked as they are added, the critic scores chunks and the TD target bootstraps with
+        ``gamma ** H``. ``learn(total_timesteps)`` then counts chunks (up to H environment steps each)
     :param n_flow_steps: Euler steps K of the flow (overrides ``policy_kwargs["n_flow_steps"]``)
     :param train_freq: online steps between updates
     :param gradient_steps: gradient steps per update
@@ -115,6 +121,7 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         tau: float = 0.005,
         gamma: float = 0.99,
         q_agg: str = "mean",
+        action_horizon: int = 1,
         n_flow_steps: int | None = None,
         train_freq: int | tuple[int, str] = 1,
         gradient_steps: int = 1,
@@ -134,6 +141,9 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         if q_agg not in Q_AGGREGATIONS:
             raise ValueError(f"q_agg must be one of {Q_AGGREGATIONS}, got {q_agg!r}")
         policy_kwargs = dict(policy_kwargs or {})
+        self.action_horizon = check_positive_int(action_horizon, "action_horizon")
+        if self.action_horizon > 1 and env is not None:
+            env = chunked_env(env, self.action_horizon, gamma)
         # An algorithm option, merged into the policy's arguments only when the policy is built (_setup_model), so
         # that policy_kwargs stays what the user passed and load(..., policy_kwargs=...) compares equal.
         self.n_flow_steps = None if n_flow_steps is None else check_positive_int(n_flow_steps, "n_flow_steps")
@@ -220,6 +230,8 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         :raises ValueError: when it is empty, holds NaN / inf, or does not fit the environment's spaces
         """
         demonstrations = dataset if isinstance(dataset, Demonstrations) else Demonstrations.load(dataset)
+        if self.action_horizon > 1:
+            demonstrations = self._chunked(demonstrations)
         if self._vec_normalize_env is not None:
             # Offline training would normalize with statistics the data never updated (and clip at their bounds).
             raise ValueError(
@@ -228,6 +240,21 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
             )
         demonstrations = in_env_image_layout(demonstrations, self.env, self.action_space)
         self.replay_buffer.add_offline(offline_data(demonstrations, self.policy))
+
+    def _chunked(self, demonstrations: Demonstrations) -> Demonstrations:
+        """
+        A dataset of single actions as chunks of ``action_horizon`` (one already chunked is kept): every row starts a
+        chunk inside its episode (:meth:`~sb3_flow.Demonstrations.chunked`); the chunks cut short by a truncation are
+        left out, as QC's ``valid`` mask leaves them out of its critic loss (they would bootstrap with ``gamma ** H``
+        from an observation fewer than H steps later), while the chunks that end in a termination stay (no bootstrap).
+        """
+        chunk_size = int(np.prod(self.action_space.shape))
+        if demonstrations.actions.reshape(len(demonstrations), -1).shape[1] == chunk_size:
+            return demonstrations
+        chunked = demonstrations.chunked(self.action_horizon, self.gamma)
+        keep = chunked.chunk_steps == self.action_horizon
+        keep |= chunked.demonstrations.terminations
+        return chunked.demonstrations.select(np.flatnonzero(keep))
 
     @property
     def bc_policy(self) -> FlowPolicy:
@@ -272,8 +299,12 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         :param next_values: values of the next observations, shape (batch,)
         :return: shape (batch,)
         """
-        # A Python float (or the n-step buffer's tensor): never a CPU tensor beside CUDA ones.
-        discounts = data.discounts.flatten() if getattr(data, "discounts", None) is not None else self.gamma
+        # A Python float (or the n-step buffer's tensor): never a CPU tensor beside CUDA ones. Over chunks of H actions
+        # the next observation is H steps later: QC's gamma ** H.
+        if getattr(data, "discounts", None) is not None:
+            discounts = data.discounts.flatten()
+        else:
+            discounts = self.gamma ** getattr(self, "action_horizon", 1)
         return data.rewards.flatten() + (1.0 - data.dones.flatten()) * discounts * next_values
 
     def critic_loss(self, data: ReplayBufferSamples, next_actions: th.Tensor) -> th.Tensor:
@@ -451,6 +482,13 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
 
         :param dataset: offline transitions to put in the new model's replay buffer
         """
+        if env is not None and isinstance(path, (str, os.PathLike)):
+            # A model that acts in chunks is loaded onto an env that does too (an env id or a plain env is wrapped).
+            saved = read_saved_numbers(
+                str(existing_file(path, ".zip", what=f"saved {cls.__name__} model")), ("action_horizon", "gamma")
+            )
+            if saved.get("action_horizon", 1) > 1:
+                env = chunked_env(env, int(saved["action_horizon"]), float(saved["gamma"]))
         model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
         if dataset is not None:
             model.add_dataset(dataset)

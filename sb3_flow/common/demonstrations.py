@@ -85,6 +85,29 @@ class Demonstrations:
         episode_index = np.cumsum(self.episode_starts) - 1
         return np.bincount(episode_index, weights=self.rewards, minlength=self.n_episodes).astype(np.float64)
 
+    def select(self, rows: np.ndarray) -> Demonstrations:
+        """
+        The given rows, in order, as new Demonstrations (copies); a row starts an episode where it is the first kept row
+        of its episode.
+
+        :param rows: indices of the rows to keep, increasing
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= len(self)):
+            raise ValueError(f"rows must be increasing indices in [0, {len(self)}), got {rows}")
+        episodes = (np.cumsum(self.episode_starts) - 1)[rows]
+        starts = np.ones(len(rows), dtype=bool)
+        starts[1:] = episodes[1:] != episodes[:-1]
+        return Demonstrations(
+            observations=copy_rows(index_rows(self.observations, rows)),
+            actions=self.actions[rows].copy(),
+            rewards=self.rewards[rows].copy(),
+            next_observations=copy_rows(index_rows(self.next_observations, rows)),
+            terminations=self.terminations[rows].copy(),
+            truncations=self.truncations[rows].copy(),
+            episode_starts=starts,
+        )
+
     def returns_to_go(self, gamma: float) -> np.ndarray:
         """
         Discounted Monte-Carlo return from every row to the end of its episode, ``G_i = r_i + gamma * G_{i+1}``, shape

@@ -24,6 +24,7 @@ def returns_on_starts(
     first_seed: int = 0,
     vec_normalize: VecNormalize | None = None,
     wrap: Any = None,
+    env_wrapper: Any = None,
 ) -> np.ndarray:
     """
     Deterministic returns of ``n_starts`` episodes whose initial states are fixed: episode ``i`` starts from
@@ -37,10 +38,12 @@ def returns_on_starts(
     :param first_seed: seed of the first episode's reset
     :param vec_normalize: training VecNormalize whose observation statistics the policy expects
     :param wrap: optional callable VecEnv -> VecEnv (e.g. a steering wrapper the agent was trained in)
+    :param env_wrapper: optional callable gym.Env -> gym.Env applied to each env outside its Monitor (e.g. an
+        ``ActionChunkWrapper`` for a policy that acts in chunks): the returns stay the environment's own
     :return: the episode returns, shape (n_starts,)
     """
     n_starts = check_positive_int(n_starts, "n_starts")
-    env: VecEnv = make_vec_env(env_id, n_envs=n_starts, seed=first_seed)
+    env: VecEnv = make_vec_env(env_id, n_envs=n_starts, seed=first_seed, wrapper_class=env_wrapper)
     if wrap is not None:
         env = wrap(env)
     if vec_normalize is not None:

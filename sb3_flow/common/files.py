@@ -89,6 +89,24 @@ def atomic_target(path: str | os.PathLike) -> Iterator[str]:
             os.remove(temporary)
 
 
+def read_saved_numbers(path: str, names: tuple[str, ...]) -> dict[str, float]:
+    """
+    Plain numeric attributes of an SB3 model zip (e.g. its ``gamma``), read from its ``data`` member without unpickling
+    anything; names that are missing or not plain numbers are left out.
+
+    :param path: an existing model zip
+    :param names: attribute names
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data").decode())
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, UnicodeDecodeError, ValueError):
+        return {}
+    return {
+        name: data[name] for name in names if isinstance(data.get(name), (int, float)) and not isinstance(data.get(name), bool)
+    }
+
+
 def read_model_identity(path: str, custom_objects: dict[str, Any] | None = None) -> dict[str, Any]:
     """
     Which algorithm wrote an SB3 model zip: its ``saved_by`` record (plain JSON) and its ``policy_class``, read from

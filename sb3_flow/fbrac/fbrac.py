@@ -30,6 +30,7 @@ class FBRAC(FlowOffPolicyAlgorithm):
     :param alpha: weight of the CFM (behaviour-cloning) loss beside the Q term
     :param normalize_q_loss: divide the Q term by mean |Q| (no gradient)
     :param q_agg: "mean" or "min" over the critics in the TD target
+    :param action_horizon: H > 1 acts in chunks of H actions (see :class:`~sb3_flow.bases.off_policy.FlowOffPolicyAlgorithm`)
     :param n_flow_steps: Euler steps K (overrides ``policy_kwargs``)
     :param kwargs: see :class:`~sb3_flow.fql.FQL` for the others
     """
@@ -52,6 +53,7 @@ class FBRAC(FlowOffPolicyAlgorithm):
         gamma: float = 0.99,
         q_agg: str = "mean",
         normalize_q_loss: bool = True,
+        action_horizon: int = 1,
         n_flow_steps: int | None = None,
         buffer_size: int = 1_000_000,
         learning_starts: int = 0,
@@ -78,6 +80,7 @@ class FBRAC(FlowOffPolicyAlgorithm):
             tau=tau,
             gamma=gamma,
             q_agg=q_agg,
+            action_horizon=action_horizon,
             n_flow_steps=n_flow_steps,
             train_freq=train_freq,
             gradient_steps=gradient_steps,

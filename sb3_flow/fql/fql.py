@@ -47,6 +47,8 @@ class FQL(FlowOffPolicyAlgorithm):
     :param gamma: discount factor (authors: 0.99; 0.995 on the giant / humanoid mazes)
     :param q_agg: "mean" (authors' default) or "min" over the critics in the TD target
     :param normalize_q_loss: divide the policy's Q term by mean |Q| (makes alpha invariant to the reward scale)
+    :param action_horizon: H > 1 acts in chunks of H actions: QC-FQL (Q-chunking, Li et al., 2025; the authors: H = 5,
+        alpha 100 on OGBench); see :class:`~sb3_flow.bases.off_policy.FlowOffPolicyAlgorithm`
     :param n_flow_steps: Euler steps K of the BC flow (authors: 10); overrides ``policy_kwargs``
     :param buffer_size: online transitions kept besides the dataset
     :param learning_starts: random-action steps before online training (0: act with the pretrained policy)
@@ -82,6 +84,7 @@ class FQL(FlowOffPolicyAlgorithm):
         gamma: float = 0.99,
         q_agg: str = "mean",
         normalize_q_loss: bool = False,
+        action_horizon: int = 1,
         n_flow_steps: int | None = None,
         buffer_size: int = 1_000_000,
         learning_starts: int = 0,
@@ -108,6 +111,7 @@ class FQL(FlowOffPolicyAlgorithm):
             tau=tau,
             gamma=gamma,
             q_agg=q_agg,
+            action_horizon=action_horizon,
             n_flow_steps=n_flow_steps,
             train_freq=train_freq,
             gradient_steps=gradient_steps,

@@ -3,7 +3,7 @@ chunking."""
 
 from sb3_flow.common.callbacks import ZeroInitActorCallback
 from sb3_flow.common.utils import zero_init_actor
-from sb3_flow.wrappers.chunk import ActionChunkWrapper, make_chunked_vec_env
+from sb3_flow.wrappers.chunk import ActionChunkWrapper, chunked_env, make_chunked_vec_env
 from sb3_flow.wrappers.noise import NoiseActionWrapper, VecNoiseActionWrapper
 from sb3_flow.wrappers.residual import (
     ExecutedResidualDictReplayBuffer,
@@ -22,6 +22,7 @@ __all__ = [
     "VecNoiseActionWrapper",
     "VecResidualActionWrapper",
     "ZeroInitActorCallback",
+    "chunked_env",
     "make_chunked_vec_env",
     "zero_init_actor",
     "zero_init_residual",

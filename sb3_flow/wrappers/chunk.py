@@ -163,3 +163,48 @@ def make_chunked_vec_env(
         wrapper_class=ActionChunkWrapper,
         wrapper_kwargs=wrapper_kwargs,
     )
+
+
+def find_chunk_wrapper(env: gym.Env) -> ActionChunkWrapper | None:
+    """The :class:`ActionChunkWrapper` in a chain of gymnasium wrappers, or None."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, ActionChunkWrapper):
+            return env
+        env = env.env
+    return None
+
+
+def chunked_env(env: gym.Env | VecEnv | str, horizon: int, gamma: float) -> gym.Env | VecEnv:
+    """
+    ``env`` acting in chunks of ``horizon`` actions: an env id or a gymnasium env is wrapped in
+    :class:`ActionChunkWrapper` (unless it already is, with this horizon); a VecEnv must already chunk (build it with
+    :func:`make_chunked_vec_env`).
+
+    :param env: the environment, its id, or a VecEnv
+    :param horizon: H
+    :param gamma: the per-step discount the chunk's rewards are summed with
+    :raises ValueError: for a VecEnv that does not chunk, or a wrapper with another horizon or discount
+    """
+    if isinstance(env, str):
+        return ActionChunkWrapper(gym.make(env), horizon, gamma)
+    if isinstance(env, VecEnv):
+        if not all(env.env_is_wrapped(ActionChunkWrapper)):
+            raise ValueError(
+                f"action_horizon={horizon} needs environments that act in chunks: build the VecEnv with "
+                f"make_chunked_vec_env(env_id, horizon={horizon}, gamma={gamma}), or pass an env id"
+            )
+        wrappers = [
+            (horizon_, gamma_) for horizon_, gamma_ in zip(env.get_attr("horizon"), env.get_attr("gamma"), strict=True)
+        ]
+    else:
+        wrapper = find_chunk_wrapper(env)
+        if wrapper is None:
+            return ActionChunkWrapper(env, horizon, gamma)
+        wrappers = [(wrapper.horizon, wrapper.gamma)]
+    for horizon_, gamma_ in wrappers:
+        if horizon_ != horizon or gamma_ != gamma:
+            raise ValueError(
+                f"the environment's ActionChunkWrapper has horizon {horizon_} and gamma {gamma_}; the algorithm has "
+                f"action_horizon={horizon} and gamma={gamma}: they must agree (the chunk's reward is discounted with gamma)"
+            )
+    return env
