@@ -89,6 +89,18 @@ def test_critic_algorithms_offline_then_online_on_cuda(algo, pendulum_demos, tmp
     assert_round_trip(model, tmp_path)
 
 
+def test_q_chunking_on_cuda(pendulum_demos, tmp_path):
+    model = FQL("MlpPolicy", ENV, dataset=pendulum_demos, action_horizon=3, n_flow_steps=4, device="cuda", seed=0, **OFFLINE)
+    model.learn_offline(20)
+    model.learn(10)
+    assert on_cuda(model.policy) and model.env.get_attr("env_steps") == [30]
+    model.save(tmp_path / "qc")
+    loaded = FQL.load(tmp_path / "qc", env=ENV, device="cuda")
+    np.testing.assert_allclose(
+        loaded.predict(OBS, deterministic=True)[0], model.predict(OBS, deterministic=True)[0], atol=1e-5
+    )
+
+
 def test_samplers_on_cuda(flow_bc, pendulum_demos, tmp_path):
     ifql = IFQL("MlpPolicy", ENV, dataset=pendulum_demos, n_flow_steps=4, device="cuda", seed=0, **OFFLINE)
     ifql.learn_offline(20)
