@@ -11,8 +11,10 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from sb3_flow import Demonstrations
+from sb3_flow.cfgrl import CFGRL
 from sb3_flow.fbrac import FBRAC
 from sb3_flow.fql import FQL
+from sb3_flow.ifql import IFQL
 from tests.helpers import BimodalEnv, bimodal_demonstrations
 
 TINY = {"net_arch": [16], "critic_net_arch": [16]}
@@ -282,17 +284,19 @@ def test_foreign_replay_buffers_and_vec_normalize_are_refused(tmp_path):
         FQL("MlpPolicy", normalized, dataset=bimodal_demonstrations(30), policy_kwargs=TINY)
 
 
-def test_several_envs_seeds_and_tensorboard_behave_as_in_sac(tmp_path):
+@pytest.mark.parametrize("algo", [FQL, IFQL, CFGRL])
+def test_several_envs_seeds_and_tensorboard_behave_as_in_sac(algo, tmp_path):
     venv = make_vec_env(BimodalEnv, n_envs=2, seed=0)
-    model = FQL("MlpPolicy", venv, dataset=bimodal_demonstrations(40), batch_size=8, policy_kwargs=TINY, seed=0,
+    model = algo("MlpPolicy", venv, dataset=bimodal_demonstrations(40), batch_size=8, policy_kwargs=TINY, seed=0,
                 tensorboard_log=str(tmp_path))  # fmt: skip
     model.learn_offline(3)
     model.learn(8)
     assert model.num_timesteps == 8 and model.replay_buffer.n_online == 8 and model.replay_buffer.n_offline == 40
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["FQL_1", "FQL_offline_1"]
+    name = algo.__name__
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"{name}_1", f"{name}_offline_1"]
 
     def trained(seed: int) -> np.ndarray:
-        twin = FQL("MlpPolicy", BimodalEnv(), dataset=bimodal_demonstrations(40), batch_size=8, policy_kwargs=TINY, seed=seed)
+        twin = algo("MlpPolicy", BimodalEnv(), dataset=bimodal_demonstrations(40), batch_size=8, policy_kwargs=TINY, seed=seed)
         twin.learn_offline(5)
         return twin.predict(np.zeros((3, 2), np.float32), deterministic=True)[0]
 

@@ -3,7 +3,11 @@ from sb3_flow.policies.actor_critic import (
     FlowActorCriticPolicy,
     MultiInputFlowActorCriticPolicy,
 )
-from sb3_flow.policies.conditional import ConditionalFlowPolicy
+from sb3_flow.policies.conditional import (
+    CnnConditionalFlowPolicy,
+    ConditionalFlowPolicy,
+    MultiInputConditionalFlowPolicy,
+)
 from sb3_flow.policies.critic_samplers import BestOfNPolicy, CriticGuidedPolicy
 from sb3_flow.policies.flow_policy import (
     CnnFlowPolicy,
@@ -15,24 +19,32 @@ from sb3_flow.policies.flow_policy import (
 )
 from sb3_flow.policies.gaussian import CnnGaussianPolicy, GaussianPolicy, MultiInputGaussianPolicy
 from sb3_flow.policies.loading import load_flow_policy
-from sb3_flow.policies.return_head import ReturnHeadFlowPolicy
+from sb3_flow.policies.return_head import (
+    CnnReturnHeadFlowPolicy,
+    MultiInputReturnHeadFlowPolicy,
+    ReturnHeadFlowPolicy,
+)
 
 __all__ = [
     "BestOfNPolicy",
+    "CnnConditionalFlowPolicy",
     "CnnFlowActorCriticPolicy",
     "CnnFlowPolicy",
     "CnnGaussianPolicy",
     "CnnPolicy",
+    "CnnReturnHeadFlowPolicy",
     "ConditionalFlowPolicy",
     "CriticGuidedPolicy",
     "FlowActorCriticPolicy",
     "FlowPolicy",
     "GaussianPolicy",
     "MlpPolicy",
+    "MultiInputConditionalFlowPolicy",
     "MultiInputFlowActorCriticPolicy",
     "MultiInputFlowPolicy",
     "MultiInputGaussianPolicy",
     "MultiInputPolicy",
+    "MultiInputReturnHeadFlowPolicy",
     "ReturnHeadFlowPolicy",
     "load_flow_policy",
 ]
