@@ -116,11 +116,13 @@ def run_seed(
             guided.guidance_scale = scale
             scores["guidance (IQL critic)"][f"lambda={scale:g}"] = scorer(guided)
     if "CFGRL" in methods:
-        cfgrl_settings = dict(expectile=settings.cfgrl_expectile)
+        cfgrl_settings = dict(expectile=settings.cfgrl_expectile, advantage=settings.cfgrl_advantage)
         cfgrl = timed(
             "CFGRL", lambda: CFGRL("MlpPolicy", "Pendulum-v1", demos, **cfgrl_settings, **offline).learn_offline(steps)
         )
         name = "CFGRL" if settings.cfgrl_expectile == 0.9 else f"CFGRL (expectile {settings.cfgrl_expectile:g})"
+        if settings.cfgrl_advantage == "monte_carlo":
+            name = "CFGRL (Monte-Carlo advantage, RECAP-style)"
         scores[name] = {}
         for weight in GUIDANCE_WEIGHTS:
             cfgrl.policy.guidance_weight = weight
@@ -178,6 +180,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--fql-alpha", type=float, default=10.0, help="FQL's alpha (10: the Pendulum table's)")
     parser.add_argument("--cfgrl-expectile", type=float, default=0.9, help="CFGRL's IQL expectile (0.9: the authors')")
+    parser.add_argument("--cfgrl-advantage", choices=("iql", "monte_carlo"), default="iql", help="CFGRL's advantage")
     parser.add_argument("--plot", default=None, help="PNG of score against w and against lambda (all methods only)")
     parser.add_argument("--out", default=None, help="JSON output (default benchmark_output/critic_sampling_<dataset>.json)")
     parser.add_argument(

@@ -16,6 +16,7 @@ Every method: ``--hidden`` hidden layers, batch 256, learning rate 3e-4, ``--ste
 d3rlpy is a benchmark-only dependency (its own virtual environment: it pins gymnasium 1.0).
 
     python -m benchmarks.offline_rl --task pendulum [--steps 20000] [--seeds 0 1 2] [--methods FQL FBRAC ...]
+    python -m benchmarks.offline_rl --task pendulum --pendulum-data mixed --methods IQL TD3+BC   # the mixed data
     python -m benchmarks.offline_rl --task cube-single --episodes 100 [--steps 50000] [--hidden 512 512 512 512]
 """
 
@@ -89,9 +90,14 @@ class Task:
         self.name = args.task
         if self.name == "pendulum":
             self.env = gym.make("Pendulum-v1")
-            self.demos = collect_demonstrations(
-                "Pendulum-v1", pendulum_swing_up, args.episodes, action_noise=args.action_noise, seed=0
-            )
+            if args.pendulum_data == "mixed":  # benchmarks.critic_sampling's mostly-random dataset
+                from benchmarks.critic_sampling import make_dataset
+
+                self.demos = make_dataset("mixed")
+            else:
+                self.demos = collect_demonstrations(
+                    "Pendulum-v1", pendulum_swing_up, args.episodes, action_noise=args.action_noise, seed=0
+                )
             self.expert = float(returns_on_starts(ScriptedPolicy(), "Pendulum-v1").mean())
             self.random = float(returns_on_starts(RandomPolicy(self.env.action_space), "Pendulum-v1").mean())
             print(f"expert (noiseless) {self.expert:.1f}, random {self.random:.1f} on the 50 evaluation starts")
@@ -176,6 +182,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000, help="gradient steps of every method")
     parser.add_argument("--episodes", type=int, default=50, help="dataset episodes")
     parser.add_argument("--action-noise", type=float, default=0.5, help="Pendulum dataset action noise")
+    parser.add_argument(
+        "--pendulum-data",
+        choices=("noisy", "mixed"),
+        default="noisy",
+        help="noisy: --episodes of the noisy controller; mixed: benchmarks.critic_sampling's 15 expert + 35 random episodes",
+    )
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden layers of every network")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)

@@ -355,3 +355,25 @@ def test_ifql_and_cfgrl_bad_options_get_clear_errors():
         IFQL("MlpPolicy", BanditEnv(), n_samples=8, **{**TINY_BANDIT, "policy_kwargs": {"n_samples": 4}})
     with pytest.raises(ValueError, match="return_gamma"):
         FlowBC(ReturnHeadFlowPolicy, BanditEnv(), return_gamma=1.5)
+
+
+def test_cfgrl_with_a_monte_carlo_advantage_learns_offline_only(tmp_path):
+    model = CFGRL("MlpPolicy", BanditEnv(), dataset=bandit_dataset(), advantage="monte_carlo", n_flow_steps=4, **{
+        key: value for key, value in TINY_BANDIT.items() if key != "n_flow_steps"})  # fmt: skip
+    model.learn_offline(400)
+    obs = np.zeros((300, 1), np.float32)
+    rewards = {}
+    for weight in (0.0, 1.0, 3.0):
+        model.policy.guidance_weight = weight
+        th.manual_seed(0)
+        rewards[weight] = float(np.mean(1.0 - (model.predict(obs)[0] - BEST_ACTION) ** 2))
+    # V regresses the returns (a mean baseline): "optimal" is every action better than the data's average, and guidance
+    # toward it raises the reward step by step.
+    assert rewards[0.0] + 0.3 < rewards[1.0] and rewards[1.0] + 0.3 < rewards[3.0]
+    with pytest.raises(ValueError, match="offline only"):
+        model.learn(10)
+    model.save(tmp_path / "recap")
+    loaded = CFGRL.load(tmp_path / "recap", dataset=bandit_dataset())  # the returns come back with the dataset
+    assert loaded.advantage == "monte_carlo" and len(loaded._offline_returns) == loaded.replay_buffer.n_offline
+    with pytest.raises(ValueError, match="advantage"):
+        CFGRL("MlpPolicy", BanditEnv(), advantage="td", **TINY_BANDIT)

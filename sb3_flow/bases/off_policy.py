@@ -264,6 +264,14 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         """
         return self.policy.bc_policy
 
+    def sample_batch(self, batch_size: int) -> Any:
+        """
+        One minibatch for :meth:`gradient_step`: uniform over the offline and online transitions of the replay buffer.
+
+        :param batch_size: number of transitions
+        """
+        return self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+
     def gradient_step(self, data: ReplayBufferSamples) -> dict[str, float]:
         """
         The algorithm's losses and optimizer steps for one minibatch (the target critic is updated by the caller).
@@ -352,7 +360,7 @@ class FlowOffPolicyAlgorithm(ModelFileMixin, OffPolicyAlgorithm):
         self._set_learning_rates()
         stats: dict[str, list[float]] = {}
         for _ in range(gradient_steps):
-            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            data = self.sample_batch(batch_size)
             for name, value in self.gradient_step(data).items():
                 stats.setdefault(name, []).append(value)
             polyak_update(self.policy.critic.parameters(), self.policy.critic_target.parameters(), self.tau)
