@@ -10,7 +10,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
-from sb3_flow.common.flow import GridStep
+from sb3_flow.common.flow import GridStep, VelocityModifier
 from sb3_flow.common.flow import cfm_loss as flow_cfm_loss
 from sb3_flow.common.networks import ConditionedVelocity, VelocityNetwork
 from sb3_flow.common.utils import check_finite_number, check_positive_int
@@ -202,7 +202,7 @@ class ConditionalFlowPolicy(FlowPolicy):
         noise: th.Tensor | None = None,
         n_steps: int | None = None,
         deterministic: bool = False,
-        velocity_modifier: Any = None,
+        velocity_modifier: VelocityModifier | None = None,
         guidance_weight: float | None = None,
     ) -> th.Tensor:
         """
