@@ -10,7 +10,9 @@ Tasks:
 - ``cube-single``: OGBench ``cube-single-play-singletask-task2-v0``; play data generated here from OGBench's scripted
   plan oracle (``collect_ogbench_dataset``, ``--episodes`` episodes of 1000 steps, seed 0, cached in ``--cache``).
   Score: success rate (%) over 50 evaluation episodes with fixed seeds. Target: FQL above FlowBC and every d3rlpy
-  baseline.
+  baseline. ``--cube-data mixed`` adds ``--task-episodes`` episodes of the Markov oracle solving task 2 itself, with
+  OGBench's "noisy" settings (``collect_ogbench_task_dataset``: noise 0.1, random actions 10%, seed 0): a dataset that is
+  mostly play (targets at random) with a few task-directed episodes a critic must find, learnable at a CPU budget.
 
 Every method: ``--hidden`` hidden layers, batch 256, learning rate 3e-4, ``--steps`` gradient steps.
 d3rlpy is a benchmark-only dependency (its own virtual environment: it pins gymnasium 1.0).
@@ -18,6 +20,7 @@ d3rlpy is a benchmark-only dependency (its own virtual environment: it pins gymn
     python -m benchmarks.offline_rl --task pendulum [--steps 20000] [--seeds 0 1 2] [--methods FQL FBRAC ...]
     python -m benchmarks.offline_rl --task pendulum --pendulum-data mixed --methods IQL TD3+BC   # the mixed data
     python -m benchmarks.offline_rl --task cube-single --episodes 100 [--steps 50000] [--hidden 512 512 512 512]
+    python -m benchmarks.offline_rl --task cube-single --cube-data mixed --episodes 100 --task-episodes 50
 """
 
 from __future__ import annotations
@@ -33,7 +36,12 @@ import torch as th
 
 from benchmarks.common import mean_std, write_json
 from sb3_flow import FBRAC, FQL, Demonstrations, FlowBC, GaussianBC, collect_demonstrations, set_torch_threads
-from sb3_flow.common.ogbench import collect_ogbench_dataset, make_ogbench_env, ogbench_success_rate
+from sb3_flow.common.ogbench import (
+    collect_ogbench_dataset,
+    collect_ogbench_task_dataset,
+    make_ogbench_env,
+    ogbench_success_rate,
+)
 from sb3_flow.experiments import pendulum_swing_up, returns_on_starts
 
 CUBE_TASK = "cube-single-play-singletask-task2-v0"
@@ -103,13 +111,7 @@ class Task:
             print(f"expert (noiseless) {self.expert:.1f}, random {self.random:.1f} on the 50 evaluation starts")
         else:
             self.env = make_ogbench_env(CUBE_TASK)
-            cache = Path(args.cache) / f"cube_single_play_{args.episodes}.npz"
-            if cache.is_file():
-                self.demos = Demonstrations.load(cache)
-            else:
-                self.demos = collect_ogbench_dataset(CUBE_TASK, n_episodes=args.episodes, seed=0, progress_bar=True)
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                self.demos.save(cache)
+            self.demos = cube_dataset(args.cache, args.episodes, args.task_episodes if args.cube_data == "mixed" else 0)
         print(f"dataset: {len(self.demos)} transitions, {self.demos.n_episodes} episodes")
 
     def score(self, policy: Any) -> tuple[float, float]:
@@ -119,6 +121,21 @@ class Task:
             return value, 100.0 * (value - self.random) / (self.expert - self.random)
         success = 100.0 * ogbench_success_rate(policy, CUBE_TASK, n_episodes=50, seed=1000)
         return success, success
+
+
+def cube_dataset(cache: str, play_episodes: int, task_episodes: int = 0) -> Demonstrations:
+    """``play_episodes`` of cube-single play data (cached), then ``task_episodes`` task-directed oracle episodes."""
+    path = Path(cache) / f"cube_single_play_{play_episodes}.npz"
+    if path.is_file():
+        demos = Demonstrations.load(path)
+    else:
+        demos = collect_ogbench_dataset(CUBE_TASK, n_episodes=play_episodes, seed=0, progress_bar=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        demos.save(path)
+    if task_episodes == 0:
+        return demos
+    directed = collect_ogbench_task_dataset(CUBE_TASK, n_episodes=task_episodes, noise=0.1, p_random_action=0.1, seed=0)
+    return Demonstrations.concatenate([demos, directed])
 
 
 def train_sb3_flow(method: str, task: Task, hidden: list[int], steps: int, seed: int) -> Any:
@@ -188,6 +205,13 @@ def main() -> None:
         default="noisy",
         help="noisy: --episodes of the noisy controller; mixed: benchmarks.critic_sampling's 15 expert + 35 random episodes",
     )
+    parser.add_argument(
+        "--cube-data",
+        choices=("play", "mixed"),
+        default="play",
+        help="play: --episodes of play data; mixed: plus --task-episodes task-directed oracle episodes",
+    )
+    parser.add_argument("--task-episodes", type=int, default=50, help="task-directed episodes of --cube-data mixed")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="hidden layers of every network")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)

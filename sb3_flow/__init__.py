@@ -1,6 +1,6 @@
 """sb3-flow: flow-matching policies for Stable-Baselines3."""
 
-from sb3_flow.bc import FlowBC, GaussianBC
+from sb3_flow.bc import FlowBC, GaussianBC, SteeredPolicy, collect_steered_demonstrations, distill, steered_policy
 from sb3_flow.cfgrl import CFGRL
 from sb3_flow.common.demonstrations import ChunkedDemonstrations, Demonstrations, collect_demonstrations, from_minari
 from sb3_flow.common.utils import set_torch_threads
@@ -16,6 +16,8 @@ from sb3_flow.policies import (
     FlowPolicy,
     GaussianPolicy,
     ReturnHeadFlowPolicy,
+    VarianceResidualPolicy,
+    VarianceResidualSACPolicy,
     load_flow_policy,
 )
 from sb3_flow.reinflow import ReinFlow
@@ -42,9 +44,15 @@ __all__ = [
     "GaussianPolicy",
     "ReinFlow",
     "ReturnHeadFlowPolicy",
+    "SteeredPolicy",
+    "VarianceResidualPolicy",
+    "VarianceResidualSACPolicy",
     "collect_demonstrations",
+    "collect_steered_demonstrations",
+    "distill",
     "from_minari",
     "load_flow_policy",
     "make_chunked_vec_env",
     "set_torch_threads",
+    "steered_policy",
 ]

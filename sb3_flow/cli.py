@@ -1,4 +1,4 @@
-"""The ``sb3-flow`` command: collect, dataset, pretrain, offline, evaluate, demo."""
+"""The ``sb3-flow`` command: collect, dataset, pretrain, offline, evaluate, distill, demo, compare, compare-report."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from sb3_flow.common.critics import check_expectile
 from sb3_flow.common.experts import EXPERT_ALGOS, expert_cache_path
 from sb3_flow.common.files import existing_file, with_suffix_if_missing
 from sb3_flow.common.utils import check_finite_number, check_policy_matches_env, check_positive_int, set_torch_threads
+from sb3_flow.compare.stats import DEFAULT_BOOTSTRAP_SEED, DEFAULT_REPS
 from sb3_flow.demo import DemoConfig
 from sb3_flow.registry import SB3_FLOW_ALGORITHMS, all_algorithms, offline_algorithms
 
@@ -43,6 +44,12 @@ POLICY_KNOBS: dict[str, str] = {
     "guidance_weight": "a classifier-free-guided flow: CFGRL, a saved ConditionalFlowPolicy",
     "guidance_scale": "a critic-gradient-guided flow: a FlowBC model trained with ReturnHeadFlowPolicy, a saved "
     "ReturnHeadFlowPolicy or CriticGuidedPolicy",
+}
+# How `distill` names the ways a steered agent reaches the environment (SteeredPolicy.method).
+STEERING_LABELS = {
+    "dsrl": "in its base's noise space (DSRL)",
+    "residual": "by a residual on its base's action",
+    "direct": "in the environment's own action space, around its own base",
 }
 # What a user can cause with a wrong argument, file or environment: reported in one line, never as a traceback.
 # (Anything else is a bug in sb3-flow and keeps its traceback.)
@@ -91,6 +98,16 @@ non_negative_float = _number_type(
 )
 finite_float = _number_type(float, lambda value: check_finite_number(value, "value"), "a finite number")
 expectile_float = _number_type(float, check_expectile, "a number in (0, 1)")
+
+
+def _check_fraction(value: float) -> float:
+    value = check_finite_number(value, "value", minimum=0.0, strict=True)
+    if value > 1.0:
+        raise ValueError(f"expected a fraction in (0, 1], got {value}")
+    return value
+
+
+fraction_float = _number_type(float, _check_fraction, "a number in (0, 1]")
 
 
 def offline_algorithms_taking(option: str) -> tuple[str, ...]:
@@ -454,6 +471,74 @@ def _add_evaluate(commands: Any) -> None:
     _add_common(evaluate)
 
 
+def _add_distill(commands: Any) -> None:
+    distill = commands.add_parser(
+        "distill",
+        help="distill a steered policy (DSRL, residual, DSRL-NA, best-of-N) back into one standalone flow policy",
+        formatter_class=_HelpFormatter,
+    )
+    distill.add_argument(
+        "path",
+        help="the steered agent: a model zip saved by the RL-Zoo with a steering env_wrapper (sac_dsrl, sac_residual: its "
+        "run's config.yml names the wrapper and the base), a DSRL-NA model zip, or a saved BestOfNPolicy / "
+        "CriticGuidedPolicy",
+    )
+    distill.add_argument("--env", default=None, help=f"gymnasium environment id (default: the Zoo run's, else {DEFAULT_ENV})")
+    distill.add_argument(
+        "--config",
+        default=None,
+        help="an RL-Zoo run's <run>/<env>/config.yml, whose env_wrapper and normalization the agent acts through "
+        "(default: the config next to a model in a Zoo run folder)",
+    )
+    distill.add_argument(
+        "--algo",
+        choices=sorted(all_algorithms()),
+        default=None,
+        help="the algorithm that saved it (default: read from the file)",
+    )
+    distill.add_argument("--episodes", type=positive_int, default=50, help="rollout episodes of the steered policy")
+    distill.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="sample the agent's actions in the rollouts (default: deterministic; a variance residual needs it, best with "
+        "--top-fraction or --min-return)",
+    )
+    selection = distill.add_mutually_exclusive_group()
+    selection.add_argument(
+        "--min-return", type=finite_float, default=None, help="keep the rollout episodes with at least this return"
+    )
+    selection.add_argument(
+        "--top-fraction",
+        type=fraction_float,
+        default=None,
+        help="keep this fraction of the rollout episodes, the best by return",
+    )
+    distill.add_argument(
+        "--demonstrations", default=None, help="a demonstrations .npz to mix in (e.g. the base's own), as it is"
+    )
+    distill.add_argument("--steps", type=positive_int, default=5_000, help="FlowBC gradient steps")
+    distill.add_argument(
+        "--warm-start",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start from the base's weights (--no-warm-start: a fresh network of the base's architecture)",
+    )
+    distill.add_argument(
+        "--n-flow-steps", type=positive_int, default=None, help="integration steps K of the flow (default: the base's)"
+    )
+    distill.add_argument("--batch-size", type=positive_int, default=256, help="minibatch size")
+    distill.add_argument("--learning-rate", type=positive_float, default=3e-4, help="learning rate")
+    distill.add_argument(
+        "--eval-episodes",
+        type=non_negative_int,
+        default=10,
+        help="afterwards, evaluate the steered policy and the distilled flow on the same episodes (0: no evaluation)",
+    )
+    distill.add_argument("--device", default="auto", help="auto | cpu | cuda (of the distilled flow's training)")
+    distill.add_argument("--out", default="distilled.zip", help="output FlowBC model zip")
+    _add_common(distill)
+
+
 def _add_demo(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
@@ -493,6 +578,56 @@ def _add_demo(commands: Any) -> None:
     _add_common(demo)
 
 
+def _add_report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reps", type=positive_int, default=DEFAULT_REPS, help="bootstrap replications of the statistics")
+    parser.add_argument(
+        "--bootstrap-seed", type=non_negative_int, default=DEFAULT_BOOTSTRAP_SEED, help="seed of the bootstrap (reproducible)"
+    )
+
+
+def _add_compare(commands: Any) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="every method from one base, several seeds, rliable statistics (finished jobs are kept and skipped on a rerun)",
+        description="Run a comparison config (docs/compare.md): one job per (method, seed), each writing its curve to "
+        "OUT/jobs/; finished jobs are skipped on a rerun, failed ones rerun; then the report in OUT/report/. Exit status "
+        "1 when a job failed (its traceback in OUT/jobs/<method>/seed_<seed>.error.json).",
+        formatter_class=_HelpFormatter,
+    )
+    compare.add_argument("config", help="the comparison's YAML config (e.g. compare_configs/pendulum.yml)")
+    compare.add_argument("--out", default=None, help="output folder (default: compare_output/<config name>)")
+    compare.add_argument(
+        "--launcher",
+        choices=("local", "ray"),
+        default="local",
+        help="local: worker processes on this machine; ray: Ray tasks (pip install 'sb3-flow[ray]')",
+    )
+    compare.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help=f"jobs at a time, one torch thread each: local processes (1: one after the other in this process), or the "
+        f"CPUs of the Ray instance started here (default: the CPUs, {os.cpu_count()})",
+    )
+    compare.add_argument(
+        "--address", default=None, help="a running Ray cluster's address ('auto': the local one) [--launcher ray only]"
+    )
+    _add_report_options(compare)
+    # No --seed (the config names the seeds) nor --threads (each job runs with one torch thread).
+    compare.set_defaults(threads=1)
+
+
+def _add_compare_report(commands: Any) -> None:
+    report = commands.add_parser(
+        "compare-report",
+        help="the table and plots of a comparison's finished jobs, again (sb3-flow compare writes them too)",
+        formatter_class=_HelpFormatter,
+    )
+    report.add_argument("out", help="the comparison's output folder")
+    _add_report_options(report)
+    report.set_defaults(threads=1)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sb3-flow",
@@ -500,7 +635,10 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_collect, _add_dataset, _add_pretrain, _add_offline, _add_evaluate, _add_demo):
+    for add in (
+        _add_collect, _add_dataset, _add_pretrain, _add_offline, _add_evaluate, _add_distill, _add_demo, _add_compare,
+        _add_compare_report,
+    ):  # fmt: skip
         add(commands)
     return parser
 
@@ -967,6 +1105,68 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- distill -----
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from sb3_flow.bc import distill, steered_policy
+    from sb3_flow.registry import load_any
+
+    _check_output(args.out, "--out")
+    path = existing_file(args.path, ".zip", what="steered agent (a model zip or a saved BestOfNPolicy)")
+    agent, name = load_any(path, args.algo, device="cpu")
+    env, env_id, note = _evaluation_env(args, path)
+    flow_bc_kwargs: dict[str, Any] = {
+        "learning_rate": args.learning_rate,
+        "batch_size": args.batch_size,
+        "device": args.device,
+    }
+    if args.n_flow_steps is not None:
+        flow_bc_kwargs["n_flow_steps"] = args.n_flow_steps
+    try:
+        steered = steered_policy(agent, env, seed=args.seed)
+    except (TypeError, ValueError) as error:
+        hint = ""
+        if note == "raw environment":
+            hint = (
+                " (a model trained inside a steering env_wrapper, e.g. with the Zoo's sac_dsrl or sac_residual config, is "
+                "read with its run's <run>/<env>/config.yml: found next to the model in its run folder, or given with "
+                "--config)"
+            )
+        raise type(error)(f"{path}: {error}{hint}") from error
+    print(f"{args.path} ({name}) on {env_id}, {note}: steered {STEERING_LABELS[steered.method]}")
+    model = distill(
+        agent,
+        env,
+        n_episodes=args.episodes,
+        n_gradient_steps=args.steps,
+        deterministic=not args.stochastic,
+        demonstrations=args.demonstrations,
+        min_return=args.min_return,
+        top_fraction=args.top_fraction,
+        warm_start=args.warm_start,
+        flow_bc_kwargs=flow_bc_kwargs,
+        seed=args.seed,
+        progress_bar=True,
+        verbose=1,
+    )
+    model.save(args.out)
+    print(
+        f"wrote {with_suffix_if_missing(args.out, '.zip')}: a FlowBC model ({len(model.demonstrations)} transitions, "
+        f"{args.steps} gradient steps{', warm-started from the base' if args.warm_start else ''}); its policy acts alone"
+    )
+    if args.eval_episodes:
+        results = []
+        for policy in (steered, model.policy):
+            # The same episodes for both: the distilled flow's environment is the steered policy's original one.
+            eval_env = model.get_env()
+            eval_env.seed(args.seed)
+            mean, std = evaluate_policy(policy, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
+            results.append(f"{mean:.1f} ± {std:.1f}")
+        print(f"evaluation over {args.eval_episodes} episodes: steered {results[0]}, distilled {results[1]}")
+    return 0
+
+
 # ----- demo -----
 
 
@@ -1002,6 +1202,37 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- compare -----
+
+
+def _print_report(result: Any) -> None:
+    print()
+    print(result.markdown.split("\n\n![")[0])  # the tables, without the Markdown image links
+    print(f"\nreport: {result.files['report']}   plots: {', '.join(result.files[name] for name in ('curves', 'profile'))}")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from sb3_flow.compare import compare
+
+    out = args.out if args.out is not None else str(Path("compare_output", Path(args.config).stem))
+    _check_output(out, "--out", folder=True)
+    result = compare(
+        args.config, out, launcher=args.launcher, workers=args.workers, address=args.address, reps=args.reps,
+        bootstrap_seed=args.bootstrap_seed,
+    )  # fmt: skip
+    if result is None:
+        return 1
+    _print_report(result)
+    return 1 if result.summary["failed"] else 0
+
+
+def _compare_report(args: argparse.Namespace) -> int:
+    from sb3_flow.compare import report
+
+    _print_report(report(args.out, reps=args.reps, bootstrap_seed=args.bootstrap_seed))
+    return 0
+
+
 def _one_line(error: BaseException) -> str:
     """The error as one line (gymnasium's messages do not say they come from gymnasium)."""
     text = " ".join(str(error).split()) or type(error).__name__
@@ -1023,7 +1254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pretrain": _pretrain,
         "offline": _offline,
         "evaluate": _evaluate,
+        "distill": _distill,
         "demo": _demo,
+        "compare": _compare,
+        "compare-report": _compare_report,
     }
     try:
         return handlers[args.command](args)

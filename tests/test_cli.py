@@ -628,3 +628,91 @@ def test_argparse_rejects_bad_knob_values(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ----- distill: a steered agent (a Zoo run with a steering env_wrapper, DSRL-NA) back into one flow policy -----
+
+
+@pytest.fixture(scope="module")
+def residual_zoo_run(tmp_path_factory, saved_models):
+    """A Zoo run folder as the Zoo writes it for sac_residual: the agent's zip beside <env>/config.yml and args.yml."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_flow.wrappers import ResidualActionWrapper, zero_init_actor
+
+    run = tmp_path_factory.mktemp("zoo_run")
+    base = str(saved_models["flow_bc"])
+    options = {"residual_scale": 0.5, "append_base_action": True}
+    env = make_vec_env("Pendulum-v1", wrapper_class=lambda env: ResidualActionWrapper(env, base, **options))
+    agent = SAC("MlpPolicy", env, buffer_size=10, policy_kwargs={"net_arch": [8]}, seed=0)
+    zero_init_actor(agent)
+    agent.actor.mu.bias.data.fill_(0.5)
+    agent.save(run / "Pendulum-v1.zip")
+    (run / "Pendulum-v1").mkdir()
+    (run / "Pendulum-v1" / "config.yml").write_text(
+        "env_wrapper:\n- sb3_flow.wrappers.ResidualActionWrapper:\n"
+        f"    base_policy: {base}\n    residual_scale: 0.5\n    append_base_action: true\n"
+    )
+    (run / "Pendulum-v1" / "args.yml").write_text("env: Pendulum-v1\n")
+    return run / "Pendulum-v1.zip"
+
+
+def test_distill_a_zoo_run_through_its_wrapper_with_a_filter_and_demonstrations(
+    residual_zoo_run, pendulum_dataset, tmp_path, capsys
+):
+    out = tmp_path / "distilled.zip"
+    argv = ["distill", str(residual_zoo_run), "--episodes", "2", "--top-fraction", "0.5", "--steps", "5"]
+    argv += ["--demonstrations", str(pendulum_dataset), "--eval-episodes", "1", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "ResidualActionWrapper" in printed and "steered by a residual on its base's action" in printed
+    assert "rollouts of the steered policy (residual): 2 episodes" in printed and "kept 1 " in printed
+    assert "mixed with 20 demonstration episodes" in printed
+    assert "evaluation over 1 episodes: steered " in printed and ", distilled " in printed
+    model, name = load_any(out)
+    # A FlowBC whose flow has the base's architecture (net_arch [8], K = 2) in the original spaces.
+    assert name == "flow_bc" and model.policy.net_arch == [8] and model.policy.n_flow_steps == 2
+    assert model.observation_space.shape == (3,) and float(model.action_space.high[0]) == 2.0
+
+
+def test_distill_a_dsrl_na_model_on_the_raw_environment(saved_models, tmp_path, capsys):
+    out = tmp_path / "distilled"
+    argv = ["distill", str(saved_models["dsrl_na"]), "--episodes", "1", "--steps", "2", "--n-flow-steps", "3"]
+    assert main([*argv, "--no-warm-start", "--eval-episodes", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(dsrl_na) on Pendulum-v1, raw environment: steered in the environment's own action space" in printed
+    assert f"wrote {out}.zip" in printed and "warm-started" not in printed and "evaluation" not in printed
+    model, _ = load_any(out)
+    assert model.policy.n_flow_steps == 3
+
+
+def test_distill_refuses_an_agent_that_is_not_steered_in_one_line(tmp_path, capsys):
+    SAC("MlpPolicy", "Pendulum-v1", buffer_size=10, policy_kwargs={"net_arch": [8]}).save(tmp_path / "sac.zip")
+    assert main(["distill", str(tmp_path / "sac.zip"), "--out", str(tmp_path / "out.zip")]) == 2
+    line = _one_error_line(capsys, "distill")
+    assert "SAC is not a steered policy" in line and "--config" in line
+    assert not (tmp_path / "out.zip").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--top-fraction", "1.5"], "argument --top-fraction: must be a number in (0, 1], got '1.5'"),
+        (["--episodes", "0"], "argument --episodes: must be a positive integer, got '0'"),
+        (["--min-return", "-100", "--top-fraction", "0.5"], "argument --top-fraction: not allowed with argument --min-return"),
+    ],
+)
+def test_distill_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "agent.zip", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_distill_help_shows_its_defaults(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "250")
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    printed = capsys.readouterr().out
+    assert "--episodes EPISODES   rollout episodes of the steered policy (default: 50)" in printed
+    assert "FlowBC gradient steps (default: 5000)" in printed and "(default: None)" not in printed

@@ -8,6 +8,7 @@ import pytest
 
 from sb3_flow.common.ogbench import (
     collect_ogbench_dataset,
+    collect_ogbench_task_dataset,
     make_ogbench_env,
     ogbench_oracle_success_rate,
     ogbench_success_rate,
@@ -171,3 +172,20 @@ def test_success_rates(ogbench):
     assert ogbench_success_rate(lambda obs: np.zeros(5, dtype=np.float32), NAME, n_episodes=1, seed=0) == 0.0
     # The noiseless oracle, shown the task's goal, solves the task (the data's ceiling).
     assert ogbench_oracle_success_rate(NAME, n_episodes=1, oracle="markov", seed=0) == 1.0
+
+
+def test_task_directed_data_end_where_the_task_is_solved(ogbench):
+    data = collect_ogbench_task_dataset(NAME, n_episodes=2, noise=0.0, seed=0)
+    ends = np.flatnonzero(data.terminations)
+    assert len(ends) == 2 and ends[-1] == len(data) - 1  # both noiseless episodes solve the task, then stop
+    assert np.flatnonzero(data.episode_starts).tolist() == [0, ends[0] + 1]
+    assert not data.truncations.any()
+    # The env's own reward: -1 until the step that starts at the goal, which terminates with 0.
+    assert np.all(data.rewards[data.terminations] == 0.0) and np.all(data.rewards[~data.terminations] == -1.0)
+    np.testing.assert_array_equal(data.next_observations[: ends[0]], data.observations[1 : ends[0] + 1])
+    cube = data.observations[:, CUBE_POS] / XYZ_SCALER + XYZ_CENTER
+    assert np.linalg.norm(cube[ends[0]] - cube[0]) > 0.04  # the oracle carried the cube to the goal
+    noisy = collect_ogbench_task_dataset(NAME, n_episodes=2, noise=0.5, p_random_action=0.3, seed=0)
+    assert not np.array_equal(noisy.actions[:10], data.actions[:10]) and np.all(np.abs(noisy.actions) <= 1.0)
+    with pytest.raises(ValueError, match="p_random_action"):
+        collect_ogbench_task_dataset(NAME, n_episodes=1, p_random_action=1.5)

@@ -11,9 +11,8 @@ class ZeroInitActorCallback(BaseCallback):
     """
     :func:`~sb3_flow.common.utils.zero_init_actor` at the start of a fresh training run, for setups that build the
     agent themselves (an RL-Zoo YAML ``callback`` entry): a DSRL or residual agent then starts exactly at the base
-    policy. A run that continues from a trained agent (``num_timesteps > 0``) is left untouched.
-
-    :param verbose: 1 prints a line when the actor is zeroed
+    policy. A run that continues from a trained agent (``num_timesteps > 0``) is left untouched. With ``verbose=1``
+    (``BaseCallback``'s argument) it prints a line when the actor is zeroed.
     """
 
     def _on_training_start(self) -> None:

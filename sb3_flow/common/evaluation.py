@@ -25,9 +25,10 @@ def returns_on_starts(
     vec_normalize: VecNormalize | None = None,
     wrap: Any = None,
     env_wrapper: Any = None,
+    deterministic: bool = True,
 ) -> np.ndarray:
     """
-    Deterministic returns of ``n_starts`` episodes whose initial states are fixed: episode ``i`` starts from
+    Deterministic (by default) returns of ``n_starts`` episodes whose initial states are fixed: episode ``i`` starts from
     ``env.reset(seed=first_seed + i)``. On tasks like Pendulum, where the return depends on the start state far more
     than on the policy, comparing methods on the same starts (a paired comparison) removes most of the noise. All
     episodes run at once in one VecEnv, so the policy is called once per step for the whole batch.
@@ -40,6 +41,7 @@ def returns_on_starts(
     :param wrap: optional callable VecEnv -> VecEnv (e.g. a steering wrapper the agent was trained in)
     :param env_wrapper: optional callable gym.Env -> gym.Env applied to each env outside its Monitor (e.g. an
         ``ActionChunkWrapper`` for a policy that acts in chunks): the returns stay the environment's own
+    :param deterministic: passed to ``predict``; False gives the policy's own noise (seeded only through the model)
     :return: the episode returns, shape (n_starts,)
     """
     n_starts = check_positive_int(n_starts, "n_starts")
@@ -49,7 +51,9 @@ def returns_on_starts(
     if vec_normalize is not None:
         env = VecNormalize(env, training=False, norm_reward=False)
         env.obs_rms = vec_normalize.obs_rms
-    returns, _ = evaluate_policy(model, env, n_eval_episodes=n_starts, deterministic=True, return_episode_rewards=True)
+    returns, _ = evaluate_policy(
+        model, env, n_eval_episodes=n_starts, deterministic=deterministic, return_episode_rewards=True
+    )
     env.close()
     return np.asarray(returns, dtype=np.float64)
 

@@ -1,6 +1,6 @@
 """
 OGBench manipulation tasks without the dataset download: the environments, play / noisy datasets generated here from
-OGBench's own scripted oracles, and success-rate evaluation.
+OGBench's own scripted oracles (and task-directed oracle demonstrations), and success-rate evaluation.
 
 OGBench (Park et al., 2025, https://arxiv.org/abs/2410.20092; code https://github.com/seohongpark/ogbench) builds its
 environments offline (``ogbench.make_env_and_datasets(name, env_only=True)``) but downloads its datasets. The
@@ -399,6 +399,7 @@ def ogbench_success_rate(
     n_episodes: int = 10,
     seed: int = 0,
     deterministic: bool = True,
+    env_wrapper: Any = None,
 ) -> float:
     """
     Fraction of episodes a policy solves the OGBench task in, as OGBench's evaluation counts it (``info["success"]``
@@ -409,11 +410,15 @@ def ogbench_success_rate(
     :param n_episodes: number of episodes
     :param seed: episode ``i`` is reset with ``seed + i``
     :param deterministic: passed to an SB3 model's ``predict``
+    :param env_wrapper: optional callable gym.Env -> gym.Env around the task's env (e.g. an ``ActionChunkWrapper``
+        for a policy that acts in chunks); it must pass the inner ``info["success"]`` on (ActionChunkWrapper does)
     :return: the success rate in [0, 1]
     """
     n_episodes = check_positive_int(n_episodes, "n_episodes")
     act = _expert_action_fn(policy, deterministic)
     env = make_ogbench_env(env_name)
+    if env_wrapper is not None:
+        env = env_wrapper(env)
     successes = 0
     try:
         for episode in range(n_episodes):
@@ -450,17 +455,80 @@ def ogbench_oracle_success_rate(
     :param seed: episode ``i`` is reset with ``seed + i``; the oracle's draws are seeded from ``seed``
     :return: the success rate in [0, 1]
     """
+    episodes = list(_task_oracle_episodes(env_name, n_episodes, oracle, noise, p_random_action, seed))
+    return sum(bool(episode["terminations"][-1]) for episode in episodes) / len(episodes)
+
+
+def collect_ogbench_task_dataset(
+    env_name: str = "cube-single-play-singletask-task2-v0",
+    *,
+    n_episodes: int,
+    oracle: str = "markov",
+    noise: float = OGBENCH_NOISE,
+    p_random_action: float = 0.0,
+    seed: int = 0,
+    progress_bar: bool = False,
+) -> Demonstrations:
+    """
+    Episodes of OGBench's scripted oracle solving the **evaluation task itself** on the single-task environment
+    (:func:`ogbench_oracle_success_rate`'s episodes, recorded), with noise. Unlike :func:`collect_ogbench_dataset`'s
+    play / noisy data (targets drawn at random, so almost no row heads for the evaluation task's goal), these are
+    task-directed demonstrations: mixed with play data they make a dataset whose few good episodes a critic must find,
+    the OGBench analogue of an expert-plus-random Pendulum dataset, learnable at a CPU budget. Not one of OGBench's
+    released dataset types.
+
+    Rewards and terminations are the single-task environment's own (reward -1 or 0 on cube-single, the episode ends
+    with ``terminated`` on success; the same values :func:`relabel_ogbench` computes, since the env checks success
+    before the step); ``truncations`` marks an episode cut by the 200-step limit.
+
+    :param env_name: a single-cube OGBench single-task name (cube-single)
+    :param n_episodes: number of episodes
+    :param oracle: "markov" (closed-loop) or "plan"
+    :param noise: noise level as in :func:`collect_ogbench_dataset` (for "markov", ``xi ~ U(0, noise)`` per episode)
+    :param p_random_action: probability of a uniform random action per step
+    :param seed: episode ``i`` is reset with ``seed + i``; the oracle's draws are seeded from ``seed``
+    :param progress_bar: show a progress bar over episodes
+    :return: the dataset
+    """
+    rows: dict[str, list[np.ndarray]] = {}
+    episodes = _task_oracle_episodes(env_name, n_episodes, oracle, noise, p_random_action, seed)
+    for episode in tqdm(episodes, total=n_episodes, desc="ogbench task", unit="episode", disable=not progress_bar):
+        for key, value in episode.items():
+            rows.setdefault(key, []).append(value)
+    lengths = np.array([len(actions) for actions in rows["actions"]])
+    episode_starts = np.zeros(int(lengths.sum()), dtype=bool)
+    episode_starts[np.cumsum(lengths) - lengths] = True
+    return Demonstrations(
+        observations=np.concatenate(rows["observations"]).astype(np.float32),
+        actions=np.concatenate(rows["actions"]).astype(np.float32),
+        rewards=np.concatenate(rows["rewards"]).astype(np.float32),
+        next_observations=np.concatenate(rows["next_observations"]).astype(np.float32),
+        terminations=np.concatenate(rows["terminations"]),
+        truncations=np.concatenate(rows["truncations"]),
+        episode_starts=episode_starts,
+    )
+
+
+def _task_oracle_episodes(
+    env_name: str, n_episodes: int, oracle: str, noise: float, p_random_action: float, seed: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """
+    Episodes of the oracle pointed at the single-task environment's own goal (restarted whenever it reports ``done``
+    before the episode ends), as arrays of observations, actions, rewards, next observations, terminations and
+    truncations.
+    """
     name = parse_ogbench_name(env_name)
     n_episodes = check_positive_int(n_episodes, "n_episodes")
     if oracle not in ("plan", "markov"):
         raise ValueError(f"oracle must be 'plan' or 'markov', got {oracle!r}")
     noise = check_finite_number(noise, "noise", minimum=0.0)
     p_random_action = check_finite_number(p_random_action, "p_random_action", minimum=0.0)
+    if p_random_action > 1.0:
+        raise ValueError(f"p_random_action must be a probability in [0, 1], got {p_random_action}")
     env = make_ogbench_env(name.name)
-    successes = 0
     try:
         if name.family != "cube" or env.unwrapped._num_cubes != 1:
-            raise ValueError(f"ogbench_oracle_success_rate supports the single-cube tasks only, got {env_name!r}")
+            raise ValueError(f"the task-directed oracle supports the single-cube tasks only, got {env_name!r}")
         with _seeded_global_numpy(seed):
             agent = _make_oracles(name, env, oracle, noise, OGBENCH_NOISE_SMOOTHING, OGBENCH_MIN_NORM)["cube"]
             for episode in range(n_episodes):
@@ -468,17 +536,26 @@ def ogbench_oracle_success_rate(
                 info = _with_task_target(env, info)
                 xi = np.random.uniform(0, noise) if oracle == "markov" else 0.0
                 agent.reset(ob, info)
+                steps: dict[str, list[Any]] = {
+                    key: []
+                    for key in ("observations", "actions", "rewards", "next_observations", "terminations", "truncations")
+                }
                 done = False
                 while not done:
-                    ob, _, terminated, truncated, info = env.step(_oracle_action(agent, ob, info, oracle, xi, p_random_action))
+                    action = _oracle_action(agent, ob, info, oracle, xi, p_random_action)
+                    next_ob, reward, terminated, truncated, info = env.step(action)
                     info = _with_task_target(env, info)
+                    for key, value in zip(
+                        steps, (ob, action, reward, next_ob, terminated, truncated and not terminated), strict=True
+                    ):
+                        steps[key].append(value)
                     done = terminated or truncated
                     if agent.done and not done:
-                        agent.reset(ob, info)
-                successes += bool(info["success"])
+                        agent.reset(next_ob, info)
+                    ob = next_ob
+                yield {key: np.asarray(values) for key, values in steps.items()}
     finally:
         env.close()
-    return successes / n_episodes
 
 
 def _with_task_target(env: gym.Env, info: dict[str, Any]) -> dict[str, Any]:

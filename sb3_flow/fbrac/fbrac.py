@@ -24,6 +24,8 @@ class FBRAC(FlowOffPolicyAlgorithm):
     Paper: https://arxiv.org/abs/2502.02538 (Park, Li and Levine, 2025, the FBRAC baseline)
     Reference implementation: https://github.com/seohongpark/fql (FQL; the baseline is described in the paper)
 
+    The parameters not listed here are those of :class:`~sb3_flow.fql.FQL`.
+
     :param policy: "MlpPolicy", "CnnPolicy", "MultiInputPolicy" or a FlowQPolicy class
     :param env: environment or its id
     :param dataset: offline transitions (:class:`~sb3_flow.Demonstrations` or its path)
@@ -32,7 +34,6 @@ class FBRAC(FlowOffPolicyAlgorithm):
     :param q_agg: "mean" or "min" over the critics in the TD target
     :param action_horizon: H > 1 acts in chunks of H actions (see :class:`~sb3_flow.bases.off_policy.FlowOffPolicyAlgorithm`)
     :param n_flow_steps: Euler steps K (overrides ``policy_kwargs``)
-    :param kwargs: see :class:`~sb3_flow.fql.FQL` for the others
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {

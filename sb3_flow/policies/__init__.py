@@ -24,6 +24,12 @@ from sb3_flow.policies.return_head import (
     MultiInputReturnHeadFlowPolicy,
     ReturnHeadFlowPolicy,
 )
+from sb3_flow.policies.variance_residual import (
+    MultiInputVarianceResidualPolicy,
+    MultiInputVarianceResidualSACPolicy,
+    VarianceResidualPolicy,
+    VarianceResidualSACPolicy,
+)
 
 __all__ = [
     "BestOfNPolicy",
@@ -45,6 +51,10 @@ __all__ = [
     "MultiInputGaussianPolicy",
     "MultiInputPolicy",
     "MultiInputReturnHeadFlowPolicy",
+    "MultiInputVarianceResidualPolicy",
+    "MultiInputVarianceResidualSACPolicy",
     "ReturnHeadFlowPolicy",
+    "VarianceResidualPolicy",
+    "VarianceResidualSACPolicy",
     "load_flow_policy",
 ]
