@@ -8,7 +8,18 @@ The K = 1 / N = 1 rows run the same code paths with the method's own work cut to
 machinery costs by itself, so the gap at the target settings is the K sequential velocity calls per rollout step and
 the N draws (or K chain steps) per action in each minibatch.
 
+Issue 16 rows: "compiled" runs the rollouts through ``policy.compile_sampler()`` (one torch.compile graph of the K-step
+integration); its compile time is taken out of the rollout time and reported apart, so its steps/s are those of a run
+long enough to amortize it (the break-even length is compile seconds / seconds saved per step). "fused Adam" passes
+``optimizer_kwargs={"fused": True}`` (torch's fused CPU Adam): one change per row, to measure each alone.
+
     python -m benchmarks.on_policy_time_split [--env Pendulum-v1] [--steps 8192] [--repeats 3]
+
+``--defaults``: each class with its own defaults and nothing else (``PPO("MlpPolicy", env)``,
+``FlowPPO("MlpPolicy", env)``, ``ReinFlow("MlpPolicy", env)``), n_envs = 8; target (issue 16) FlowPPO >= 0.5x PPO.
+Their rollouts are 2,048 steps per env, so ``--steps 16384`` is one rollout and one update each.
+
+    python -m benchmarks.on_policy_time_split --defaults --steps 16384 --repeats 3
 """
 
 from __future__ import annotations
@@ -26,19 +37,32 @@ from sb3_flow import FlowPPO, ReinFlow, set_torch_threads
 
 SHARED = {"n_steps": 256, "batch_size": 256, "n_epochs": 10, "learning_rate": 1e-3, "gamma": 0.9}
 FLOW_ARCH = {"net_arch": [64, 64], "value_net_arch": [64, 64]}
+COMPILED = "compile_sampler"
+FUSED_ADAM = {"optimizer_kwargs": {"fused": True}}
 CONFIGS: dict[str, tuple[type, dict[str, Any]]] = {
     "PPO": (PPO, {}),
     "FlowPPO K=10 N=8 (target)": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 8}),
+    "FlowPPO K=10 N=8 compiled": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 8, COMPILED: True}),
+    "FlowPPO K=10 N=8 fused Adam": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 8, "policy_kwargs": FUSED_ADAM}),
     "FlowPPO K=1 N=8": (FlowPPO, {"n_flow_steps": 1, "n_mc_samples": 8}),
     "FlowPPO K=10 N=1": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 1}),
     "FlowPPO K=1 N=1": (FlowPPO, {"n_flow_steps": 1, "n_mc_samples": 1}),
     "ReinFlow K=4 (target)": (ReinFlow, {"n_flow_steps": 4}),
+    "ReinFlow K=4 compiled": (ReinFlow, {"n_flow_steps": 4, COMPILED: True}),
     "ReinFlow K=1": (ReinFlow, {"n_flow_steps": 1}),
+}
+DEFAULTS_CONFIGS: dict[str, tuple[type, dict[str, Any]]] = {
+    "PPO": (PPO, {}),
+    "FlowPPO (its defaults)": (FlowPPO, {}),
+    "ReinFlow (its defaults)": (ReinFlow, {}),
 }
 
 
-def timed_learn(model: Any, steps: int) -> tuple[float, float, float]:
-    """Train ``steps`` steps; return (rollout seconds, update seconds, total seconds)."""
+def timed_learn(model: Any, steps: int) -> tuple[float, float, float, float]:
+    """
+    Train ``steps`` steps; return (rollout seconds, update seconds, total seconds, compile seconds), the compile time
+    of a compiled sampler taken out of the rollout and total seconds.
+    """
     seconds = {"rollout": 0.0, "update": 0.0}
 
     def timing(method: Any, key: str) -> Any:
@@ -54,15 +78,26 @@ def timed_learn(model: Any, steps: int) -> tuple[float, float, float]:
     model.train = timing(model.train, "update")
     start = time.perf_counter()
     model.learn(steps)
-    return seconds["rollout"], seconds["update"], time.perf_counter() - start
+    total = time.perf_counter() - start
+    integrator = getattr(model.policy, "compiled_integrator", None)
+    compile_seconds = 0.0 if integrator is None else integrator.compile_seconds
+    return seconds["rollout"] - compile_seconds, seconds["update"], total - compile_seconds, compile_seconds
 
 
-def make_model(name: str, env_id: str, seed: int) -> Any:
-    algorithm, kwargs = CONFIGS[name]
+def make_model(name: str, env_id: str, seed: int, defaults: bool = False) -> Any:
     env = make_vec_env(env_id, n_envs=8, seed=seed)
+    if defaults:
+        return DEFAULTS_CONFIGS[name][0]("MlpPolicy", env, seed=seed, device="cpu")
+    algorithm, kwargs = CONFIGS[name]
+    kwargs = dict(kwargs)
+    compiled = kwargs.pop(COMPILED, False)
     if algorithm is PPO:
         return PPO("MlpPolicy", env, seed=seed, device="cpu", **SHARED)
-    return algorithm("MlpPolicy", env, seed=seed, device="cpu", policy_kwargs=FLOW_ARCH, **SHARED, **kwargs)
+    policy_kwargs = {**FLOW_ARCH, **kwargs.pop("policy_kwargs", {})}
+    model = algorithm("MlpPolicy", env, seed=seed, device="cpu", policy_kwargs=policy_kwargs, **SHARED, **kwargs)
+    if compiled:
+        model.policy.compile_sampler()
+    return model
 
 
 def main() -> None:
@@ -70,28 +105,41 @@ def main() -> None:
     parser.add_argument("--env", default="Pendulum-v1")
     parser.add_argument("--steps", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--defaults", action="store_true", help="each class with its own defaults")
     parser.add_argument("--out", default="benchmark_output/on_policy_time_split.json")
     args = parser.parse_args()
     set_torch_threads(1)
 
-    speeds: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    splits: dict[str, list[tuple[float, float]]] = {name: [] for name in CONFIGS}
+    configs = DEFAULTS_CONFIGS if args.defaults else CONFIGS
+    speeds: dict[str, list[float]] = {name: [] for name in configs}
+    splits: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
+    compile_seconds: dict[str, list[float]] = {name: [] for name in configs}
     per_2048 = 2048 / args.steps
     for repeat in range(args.repeats):
-        for name in CONFIGS:
-            rollout, update, total = timed_learn(make_model(name, args.env, repeat), args.steps)
+        for name in configs:
+            rollout, update, total, compiling = timed_learn(make_model(name, args.env, repeat, args.defaults), args.steps)
             speeds[name].append(args.steps / total)
+            compile_seconds[name].append(compiling)
             splits[name].append((rollout * per_2048, update * per_2048))
         print(repeat, {name: round(values[-1]) for name, values in speeds.items()}, flush=True)
 
     print(f"\n{args.env}, n_envs = 8, {args.steps} steps per run, {args.repeats} repeats")
-    print("\n| method | rollout s per 2048 steps (median) | update s per 2048 steps (median) |")
-    print("|---|---|---|")
+    print("\n| method | rollout s per 2048 steps (median) | update s per 2048 steps (median) | compile s (median) |")
+    print("|---|---|---|---|")
     for name, values in splits.items():
         rollout, update = np.median(np.array(values), axis=0)
-        print(f"| {name} | {rollout:.3f} | {update:.3f} |")
+        print(f"| {name} | {rollout:.3f} | {update:.3f} | {np.median(compile_seconds[name]):.1f} |")
     print_speed_ratios(speeds, "PPO")
-    write_json(args.out, {"args": vars(args), "settings": SHARED, "steps_per_s": speeds, "seconds_per_2048": splits})
+    write_json(
+        args.out,
+        {
+            "args": vars(args),
+            "settings": "each class's defaults" if args.defaults else SHARED,
+            "steps_per_s": speeds,
+            "seconds_per_2048": splits,
+            "compile_seconds": compile_seconds,
+        },
+    )
 
 
 if __name__ == "__main__":

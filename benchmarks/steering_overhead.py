@@ -19,7 +19,7 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.env_util import make_vec_env
 
 from benchmarks.common import print_speed_ratios, write_json
-from sb3_flow import FlowBC, collect_demonstrations, set_torch_threads
+from sb3_flow import DSRLNA, FlowBC, collect_demonstrations, set_torch_threads
 from sb3_flow.experiments import pendulum_swing_up, steering_wrapper
 
 ENV_ID = "Pendulum-v1"
@@ -48,9 +48,22 @@ def main() -> None:
         name: SAC(
             "MlpPolicy", make_vec_env(ENV_ID, n_envs=1, seed=0, wrapper_class=wrapper), learning_starts=100, seed=0,
             device="cpu",
-        ).learn(200)  # past learning_starts: every timed step includes a gradient step
+        )
         for name, wrapper in wrappers.items()
     }  # fmt: skip
+    models["DSRL-NA"] = DSRLNA("MlpPolicy", ENV_ID, base_policy=base.policy, learning_starts=100, seed=0, device="cpu")
+    for name in ("NoiseActionWrapper", "ResidualActionWrapper"):
+        models[f"{name} compiled"] = SAC(
+            "MlpPolicy", make_vec_env(ENV_ID, n_envs=1, seed=0, wrapper_class=wrappers[name]), learning_starts=100, seed=0,
+            device="cpu",
+        )  # fmt: skip
+        models[f"{name} compiled"].get_env().envs[0].base_policy.compile_sampler()
+    models["DSRL-NA compiled"] = DSRLNA(
+        "MlpPolicy", ENV_ID, base_policy=base.policy, learning_starts=100, seed=0, device="cpu"
+    )
+    models["DSRL-NA compiled"].base_policy.compile_sampler()
+    for model in models.values():
+        model.learn(200)  # past learning_starts: every timed step includes a gradient step (and graphs are compiled)
     speeds: dict[str, list[float]] = {name: [] for name in models}
     for repeat in range(args.repeats):
         for name, model in models.items():

@@ -110,3 +110,28 @@ def test_samplers_on_cuda(flow_bc, pendulum_demos, tmp_path):
         sampler.save(tmp_path / "sampler.pt")
         loaded = type(sampler).load(tmp_path / "sampler.pt", device="cuda")
         np.testing.assert_allclose(loaded.predict(OBS, deterministic=True)[0], actions, atol=1e-5)
+
+
+def test_compiled_sampler_on_cuda(flow_bc):
+    """CUDA graphs of the K-step loop: the eager sampler's results, and outputs that the next replay does not overwrite."""
+    policy = flow_bc.policy
+    observations = th.as_tensor(OBS, device="cuda")
+    stds = th.full((policy.n_flow_steps, 1, 1), 0.1, device="cuda")
+    step_noises = th.randn(policy.n_flow_steps, 4, 1, device="cuda")
+    with th.no_grad():
+        eager = policy.integrate(
+            observations, deterministic=True, noise_std_fn=lambda x, t, k: stds[k], step_noises=step_noises
+        )
+        policy.compile_sampler()
+        try:
+            first = policy.integrate(
+                observations, deterministic=True, noise_std_fn=lambda x, t, k: stds[k], step_noises=step_noises
+            )
+            kept = first.actions.clone()
+            policy.integrate(observations, noise=th.randn(4, 1, device="cuda"), noise_std_fn=lambda x, t, k: stds[k])
+        finally:
+            policy.eager_sampler()
+    assert policy.compiled_integrator is None
+    th.testing.assert_close(first.actions, eager.actions, atol=1e-4, rtol=1e-4)
+    th.testing.assert_close(first.step_log_probs, eager.step_log_probs, atol=1e-3, rtol=1e-4)
+    assert th.equal(first.actions, kept)

@@ -280,3 +280,29 @@ def test_numpy_integers_are_accepted_for_counts():
     model = FlowPPO("MlpPolicy", "Pendulum-v1", n_mc_samples=np.int64(4), n_flow_steps=np.int64(3), policy_kwargs=SMALL)
     assert model.n_mc_samples == 4 and model.policy.n_flow_steps == 3
     assert type(model.n_mc_samples) is int and type(model.policy.n_flow_steps) is int
+
+
+def test_from_scratch_defaults_are_ppo_sizes_and_a_base_or_an_old_zip_keeps_its_own(tmp_path, monkeypatch):
+    from sb3_flow import ReinFlow
+
+    for algorithm in (FlowPPO, ReinFlow):
+        model = algorithm("MlpPolicy", "Pendulum-v1", seed=0)
+        assert (model.policy.net_arch, model.policy.value_net_arch) == ([64, 64], [64, 64])
+    # What the user says wins, and a base brings its actor shape.
+    model = FlowPPO("MlpPolicy", "Pendulum-v1", policy_kwargs={"net_arch": [16]}, seed=0)
+    assert (model.policy.net_arch, model.policy.value_net_arch) == ([16], [64, 64])
+    base = FlowBC("MlpPolicy", "Pendulum-v1", policy_kwargs={"net_arch": [24, 24, 24]}, seed=0)
+    assert FlowPPO("MlpPolicy", "Pendulum-v1", base_policy=base, seed=0).policy.net_arch == [24, 24, 24]
+    # Saved and loaded with its sizes.
+    FlowPPO("MlpPolicy", "Pendulum-v1", seed=0).save(tmp_path / "new.zip")
+    assert FlowPPO.load(tmp_path / "new.zip").policy.net_arch == [64, 64]
+    # A zip saved before the sizes were recorded (built with the policy's own 3x256 default) still loads.
+    with monkeypatch.context() as patch:
+        patch.setattr(FlowPPO, "from_scratch_architecture", {})
+        old = FlowPPO("MlpPolicy", "Pendulum-v1", seed=0)
+        assert old.policy.net_arch == [256, 256, 256]
+        old.save(tmp_path / "old.zip")
+    loaded = FlowPPO.load(tmp_path / "old.zip")
+    assert loaded.policy.net_arch == [256, 256, 256]
+    for name, tensor in old.policy.state_dict().items():
+        assert th.equal(tensor, loaded.policy.state_dict()[name])

@@ -132,6 +132,10 @@ class FlowOnPolicyAlgorithm(ModelFileMixin, OnPolicyAlgorithm):
     default_rollout_buffer_classes: tuple[type[RolloutBuffer], type[RolloutBuffer]] = (RolloutBuffer, DictRolloutBuffer)
     # Integration steps from scratch when neither the user nor a base policy says (None: the policy's default)
     default_n_flow_steps: int | None = None
+    # Networks from scratch when policy_kwargs does not say: SB3 PPO's sizes (64-64 actor and critic), so that
+    # FlowPPO("MlpPolicy", env) and PPO("MlpPolicy", env) compare like for like (issue 16: the FlowPolicy default,
+    # 3x256, ran at 0.15x PPO's steps/s). A base policy brings its own actor shape.
+    from_scratch_architecture: dict[str, list[int]] = {"net_arch": [64, 64], "value_net_arch": [64, 64]}
 
     def __init__(
         self,
@@ -236,12 +240,23 @@ class FlowOnPolicyAlgorithm(ModelFileMixin, OnPolicyAlgorithm):
         if self.base_architecture is not None:
             kwargs.update({key: self.base_architecture[key] for key in ACTOR_ARCHITECTURE_KEYS})
             kwargs.setdefault("n_flow_steps", self.base_architecture["n_flow_steps"])
+        elif not self._loading_a_zip_without_architecture():
+            for key, sizes in self.from_scratch_architecture.items():
+                kwargs.setdefault(key, list(sizes))
         kwargs.update(self.policy_options())
         if self.n_flow_steps is not None:
             kwargs["n_flow_steps"] = self.n_flow_steps
         elif self.default_n_flow_steps is not None:
             kwargs.setdefault("n_flow_steps", self.default_n_flow_steps)
         return kwargs
+
+    def _loading_a_zip_without_architecture(self) -> bool:
+        """
+        True while ``load`` rebuilds a model saved before the from-scratch sizes were recorded: its policy was built
+        with the policy's own defaults, which must be used again for its weights to fit.
+        """
+        saved = self.built_policy_kwargs  # None when constructing; the saved value when load() calls _setup_model
+        return saved is not None and "net_arch" not in saved
 
     def _setup_model(self) -> None:
         check_box_action_space(self.action_space, type(self).__name__)

@@ -298,7 +298,9 @@ def integrate(
     :return: a :class:`FlowSample`
     """
     check_n_flow_steps(n_steps)
-    eval_times = _evaluation_times(n_steps, method, noise.device)
+    # Tracing for a compiled graph (sb3_flow.common.compiled_sampler) bypasses the cache, which dynamo cannot guard.
+    evaluation_times = _evaluation_times.__wrapped__ if th.compiler.is_compiling() else _evaluation_times
+    eval_times = evaluation_times(n_steps, method, noise.device)
     step = _grid_step(velocity_fn, eval_times)
     if velocity_modifier is not None:
         unmodified_step = step

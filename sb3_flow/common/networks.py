@@ -86,7 +86,7 @@ class VelocityNetwork(nn.Module):
         Sampling evaluates the same K grid times again and again, so without autograd the result is cached until the
         weights change (an optimizer step or ``load_state_dict`` bumps the parameter's version counter).
         """
-        if th.is_grad_enabled():
+        if th.is_grad_enabled() or th.compiler.is_compiling():  # a compiled graph computes them once itself
             return self.time_projection(self.time_embedding(times))
         weight = self.time_projection.weight
         # Holding `times` in the entry keeps its id unique, so an identity check is enough (no device sync).

@@ -12,6 +12,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
+from sb3_flow.common.compiled_sampler import CompiledIntegrator
 from sb3_flow.common.flow import (
     INTEGRATION_METHODS,
     FlowSample,
@@ -84,6 +85,7 @@ class FlowPolicy(BoxActionPolicy):
         self.time_embedding_dim = time_embedding_dim
         self.n_flow_steps = n_flow_steps
         self.integration_method = integration_method
+        self.compiled_integrator: CompiledIntegrator | None = None
         self._build(lr_schedule)
 
     def _build(self, lr_schedule: Schedule) -> None:
@@ -146,6 +148,33 @@ class FlowPolicy(BoxActionPolicy):
             return super().device
         return velocity_net.action_projection.weight.device
 
+    def compile_sampler(
+        self, backend: str = "inductor", options: dict[str, Any] | None = None, max_graphs: int = 16
+    ) -> FlowPolicy:
+        """
+        Opt in to the compiled sampler: every integration run without autograd (``predict``, rollouts, a steering
+        wrapper's base calls, best-of-N candidates) goes through one ``torch.compile`` graph of the whole K-step loop
+        per (batch shape, K, method, hooks' code, device), compiled on its first call (tens of seconds on a CPU; then
+        cached by inductor on disk) and run without the per-op dispatch of eager PyTorch afterwards. Results equal the
+        eager sampler's to float rounding; training (autograd) always runs eagerly. See
+        :mod:`sb3_flow.common.compiled_sampler` and docs/benchmarks.md for the break-even run length.
+
+        Only the choice travels with copies and pickles, never compiled code; a saved policy loads eager (call this
+        again after ``load``). A compiler that fails gives a one-line warning and the eager sampler.
+
+        :param backend: ``torch.compile`` backend
+        :param options: inductor options (default ``{"cpp_wrapper": True}``)
+        :param max_graphs: graphs compiled at most; further combinations run eagerly, with a warning
+        :return: this policy
+        """
+        self.compiled_integrator = CompiledIntegrator(backend, options, max_graphs)
+        return self
+
+    def eager_sampler(self) -> FlowPolicy:
+        """Undo :meth:`compile_sampler`: integrate with eager PyTorch again. Returns this policy."""
+        self.compiled_integrator = None
+        return self
+
     def initial_noise(self, batch_size: int, deterministic: bool = False) -> th.Tensor:
         """x0 for a batch: N(0, I), or zeros when ``deterministic``."""
         shape = (batch_size, self.action_dim)
@@ -205,6 +234,21 @@ class FlowPolicy(BoxActionPolicy):
         n_steps = self.n_flow_steps if n_steps is None else check_n_flow_steps(n_steps)
         batch_size = field.conditioning.shape[0]
         noise = self.initial_noise(batch_size, deterministic) if noise is None else self._check_noise(noise, batch_size)
+        if self.compiled_integrator is not None:
+            compiled = self.compiled_integrator(
+                field,
+                noise,
+                n_steps,
+                self.integration_method,
+                noise_std_fn,
+                velocity_modifier,
+                step_noises,
+                return_chain,
+                return_log_probs,
+                key_extra=(id(self), self.training),
+            )
+            if compiled is not None:
+                return compiled
         return integrate(
             field,
             noise,
