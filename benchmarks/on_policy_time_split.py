@@ -10,8 +10,10 @@ the N draws (or K chain steps) per action in each minibatch.
 
 Issue 16 rows: "compiled" runs the rollouts through ``policy.compile_sampler()`` (one torch.compile graph of the K-step
 integration); its compile time is taken out of the rollout time and reported apart, so its steps/s are those of a run
-long enough to amortize it (the break-even length is compile seconds / seconds saved per step). "fused Adam" passes
-``optimizer_kwargs={"fused": True}`` (torch's fused CPU Adam): one change per row, to measure each alone.
+long enough to amortize it (the break-even length is compile seconds / seconds saved per step; the first model of a
+process compiles, later ones of the same architecture reuse the graph). The flows' optimizer is torch's fused Adam by
+default; "unfused Adam" passes ``optimizer_kwargs={"fused": False}`` (torch's default implementation, as SB3's PPO
+uses): one change per row, to measure each alone.
 
     python -m benchmarks.on_policy_time_split [--env Pendulum-v1] [--steps 8192] [--repeats 3]
 
@@ -25,25 +27,28 @@ Their rollouts are 2,048 steps per env, so ``--steps 16384`` is one rollout and 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from typing import Any
 
 import numpy as np
+import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 from benchmarks.common import print_speed_ratios, write_json
+from benchmarks.sampling_latency import paired_timings_us
 from sb3_flow import FlowPPO, ReinFlow, set_torch_threads
 
 SHARED = {"n_steps": 256, "batch_size": 256, "n_epochs": 10, "learning_rate": 1e-3, "gamma": 0.9}
 FLOW_ARCH = {"net_arch": [64, 64], "value_net_arch": [64, 64]}
 COMPILED = "compile_sampler"
-FUSED_ADAM = {"optimizer_kwargs": {"fused": True}}
+UNFUSED_ADAM = {"optimizer_kwargs": {"fused": False}}
 CONFIGS: dict[str, tuple[type, dict[str, Any]]] = {
     "PPO": (PPO, {}),
     "FlowPPO K=10 N=8 (target)": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 8}),
     "FlowPPO K=10 N=8 compiled": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 8, COMPILED: True}),
-    "FlowPPO K=10 N=8 fused Adam": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 8, "policy_kwargs": FUSED_ADAM}),
+    "FlowPPO K=10 N=8 unfused Adam": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 8, "policy_kwargs": UNFUSED_ADAM}),
     "FlowPPO K=1 N=8": (FlowPPO, {"n_flow_steps": 1, "n_mc_samples": 8}),
     "FlowPPO K=10 N=1": (FlowPPO, {"n_flow_steps": 10, "n_mc_samples": 1}),
     "FlowPPO K=1 N=1": (FlowPPO, {"n_flow_steps": 1, "n_mc_samples": 1}),
@@ -100,6 +105,29 @@ def make_model(name: str, env_id: str, seed: int, defaults: bool = False) -> Any
     return model
 
 
+def rollout_forward_timings(env_id: str) -> dict[str, dict[str, float]]:
+    """
+    One rollout step's policy call (8 observations: action, value, chain) of the target settings, eager against
+    compiled, in alternating rounds (µs): the part of the rollout the compiled sampler can change, without the
+    environments and the buffer.
+    """
+    results = {}
+    for name in ("FlowPPO K=10 N=8 (target)", "ReinFlow K=4 (target)"):
+        eager = make_model(name, env_id, 0).policy
+        compiled = copy.deepcopy(eager).compile_sampler()
+        observations = th.randn(8, *eager.observation_space.shape)
+        with th.no_grad():
+            compiled(observations)  # compiles
+            results[name] = paired_timings_us(
+                {
+                    "eager": lambda eager=eager, observations=observations: eager(observations),
+                    "compiled": lambda compiled=compiled, observations=observations: compiled(observations),
+                },
+                2000,
+            )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Pendulum-v1")
@@ -124,12 +152,20 @@ def main() -> None:
         print(repeat, {name: round(values[-1]) for name, values in speeds.items()}, flush=True)
 
     print(f"\n{args.env}, n_envs = 8, {args.steps} steps per run, {args.repeats} repeats")
-    print("\n| method | rollout s per 2048 steps (median) | update s per 2048 steps (median) | compile s (median) |")
+    print("\n| method | rollout s per 2048 steps (median) | update s per 2048 steps (median) | compile s (first model) |")
     print("|---|---|---|---|")
     for name, values in splits.items():
         rollout, update = np.median(np.array(values), axis=0)
-        print(f"| {name} | {rollout:.3f} | {update:.3f} | {np.median(compile_seconds[name]):.1f} |")
+        print(f"| {name} | {rollout:.3f} | {update:.3f} | {max(compile_seconds[name]):.1f} |")
     print_speed_ratios(speeds, "PPO")
+    forward = {} if args.defaults else rollout_forward_timings(args.env)
+    if forward:
+        print("\n| rollout step's policy call, 8 observations | eager (µs) | compiled (µs) | speed-up |")
+        print("|---|---|---|---|")
+        for name, timing in forward.items():
+            print(
+                f"| {name} | {timing['eager']:.0f} | {timing['compiled']:.0f} | {timing['eager'] / timing['compiled']:.2f}x |"
+            )
     write_json(
         args.out,
         {
@@ -138,6 +174,7 @@ def main() -> None:
             "steps_per_s": speeds,
             "seconds_per_2048": splits,
             "compile_seconds": compile_seconds,
+            "rollout_forward_us": forward,
         },
     )
 

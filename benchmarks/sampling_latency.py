@@ -89,6 +89,8 @@ def main() -> None:
     compiled = copy.deepcopy(policy).compile_sampler()
     gaussian = PPO("MlpPolicy", env, policy_kwargs={"net_arch": policy.net_arch}, device="cpu").policy.eval()
     mlp, input_dim = bare_mlp_like(policy, obs_dim)
+    hidden_weights = [(layer.weight.t().contiguous(), layer.bias) for layer in [*mlp][2:-1] if isinstance(layer, nn.Linear)]
+    hidden_inputs = {batch: th.randn(batch, policy.net_arch[0]) for batch in (1, 256)}
 
     rows = []
     with th.no_grad():
@@ -104,12 +106,20 @@ def main() -> None:
                     for _ in range(n_steps):
                         mlp(bare_input)
 
+                def hidden_matmuls(hidden_input=hidden_inputs[batch], n_steps=n_steps) -> None:
+                    # Only the hidden-to-hidden products of K passes, one ATen addmm each: what no sampler built on
+                    # torch's kernels can skip (the first and last layers and the activations come on top).
+                    for _ in range(n_steps):
+                        for weight, bias in hidden_weights:
+                            th.addmm(bias, hidden_input, weight)
+
                 spread: dict[str, list[float]] = {}
                 timings = paired_timings_us(
                     {
                         "sampler": lambda obs=obs: policy.sample(obs),
                         "compiled_sampler": lambda obs=obs: compiled.sample(obs),
                         "bare": bare_passes,
+                        "hidden_matmuls": hidden_matmuls,
                         "flow_predict": lambda obs_np=obs_np: policy.predict(obs_np),
                         "compiled_predict": lambda obs_np=obs_np: compiled.predict(obs_np),
                         "gaussian_predict": lambda obs_np=obs_np: gaussian.predict(obs_np, deterministic=True),
@@ -127,6 +137,7 @@ def main() -> None:
                         "flow_predict_us": timings["flow_predict"],
                         "compiled_predict_us": timings["compiled_predict"],
                         "bare_k_passes_us": timings["bare"],
+                        "hidden_matmuls_us": timings["hidden_matmuls"],
                         "gaussian_predict_us": timings["gaussian_predict"],
                         "sampler_over_bare": timings["sampler"] / timings["bare"],
                         "compiled_sampler_over_bare": timings["compiled_sampler"] / timings["bare"],
@@ -139,17 +150,19 @@ def main() -> None:
                 )
 
     header = (
-        "| batch | K | sampler eager / compiled (µs) | K bare passes (µs) | sampler / bare: eager, compiled "
+        "| batch | K | sampler eager / compiled (µs) | K bare passes (µs) | their hidden matmuls alone (µs) "
+        "| sampler / bare: eager, compiled "
         "| FlowPolicy.predict eager / compiled (µs) | SB3 Gaussian predict (µs) | compiled predict / Gaussian "
         "| compile (s) | break-even (calls) |"
     )
     print(header)
-    print("|" + "---|" * 10)
+    print("|" + "---|" * 11)
     for row in rows:
         break_even = "never" if row["break_even_calls"] is None else f"{row['break_even_calls']:,.0f}"
         print(
             f"| {row['batch']} | {row['K']} | {row['sampler_us']:.0f} / {row['compiled_sampler_us']:.0f} | "
-            f"{row['bare_k_passes_us']:.0f} | {row['sampler_over_bare']:.2f}, {row['compiled_sampler_over_bare']:.2f} | "
+            f"{row['bare_k_passes_us']:.0f} | {row['hidden_matmuls_us']:.0f} | "
+            f"{row['sampler_over_bare']:.2f}, {row['compiled_sampler_over_bare']:.2f} | "
             f"{row['flow_predict_us']:.0f} / {row['compiled_predict_us']:.0f} | {row['gaussian_predict_us']:.0f} | "
             f"{row['compiled_predict_over_gaussian']:.2f} | {row['compile_seconds']:.1f} | {break_even} |"
         )

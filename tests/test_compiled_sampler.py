@@ -238,3 +238,15 @@ def test_reinflow_rollout_with_compiled_sampler_keeps_one_graph_and_exact_log_pr
     with th.no_grad():
         log_probs, _ = policy.evaluate_chains(features, chains)
     th.testing.assert_close(log_probs, brute_force_chain_log_prob(policy, observations, chains, True), atol=1e-5, rtol=1e-5)
+
+
+def test_steering_wrappers_sample_their_base_through_the_compiled_graph(no_eager_integration):
+    from sb3_flow.wrappers import NoiseActionWrapper, ResidualActionWrapper
+
+    base = make_policy()
+    for wrapper in (NoiseActionWrapper(gym.make("Pendulum-v1"), base), ResidualActionWrapper(gym.make("Pendulum-v1"), base)):
+        assert wrapper.base_policy is not base  # the wrapper's own frozen copy
+        wrapper.base_policy.compile_sampler(backend=TRACE_ONLY)
+        wrapper.reset(seed=0)
+        wrapper.step(wrapper.action_space.sample())
+        assert wrapper.base_policy.compiled_integrator.n_graphs >= 1

@@ -262,3 +262,22 @@ def test_damaged_base_policy_file_is_a_value_error_naming_it(tmp_path, damage):
         damaged.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match=damage):
         load_flow_policy(damaged)
+
+
+def test_adam_is_fused_where_torch_has_it_unless_the_user_chose():
+    from sb3_flow import FlowPPO
+    from sb3_flow.common.utils import fused_adam_available
+
+    env = gym.make("Pendulum-v1")
+    policy = FlowPolicy(env.observation_space, env.action_space, lambda _: 1e-3, net_arch=[8])
+    assert policy.optimizer.defaults["fused"] is (True if fused_adam_available() else None)
+    assert policy.optimizer_kwargs == {}  # the saved constructor arguments stay the user's
+    chosen = FlowPolicy(
+        env.observation_space, env.action_space, lambda _: 1e-3, net_arch=[8], optimizer_kwargs={"foreach": True}
+    )
+    assert not chosen.optimizer.defaults["fused"] and chosen.optimizer.defaults["foreach"]
+    sgd = FlowPolicy(env.observation_space, env.action_space, lambda _: 1e-3, net_arch=[8], optimizer_class=th.optim.SGD)
+    assert isinstance(sgd.optimizer, th.optim.SGD)
+    # the critic's own learning rate rebuilds the optimizer: fused too
+    model = FlowPPO("MlpPolicy", "Pendulum-v1", critic_learning_rate=1e-4, policy_kwargs={"net_arch": [8]}, seed=0)
+    assert model.policy.optimizer.defaults["fused"] is (True if fused_adam_available() else None)

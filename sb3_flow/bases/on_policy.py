@@ -42,6 +42,7 @@ from sb3_flow.common.utils import (
     check_finite_number,
     check_positive_finite,
     check_positive_int,
+    fused_adam_kwargs,
 )
 from sb3_flow.policies.actor_critic import FlowActorCriticPolicy
 from sb3_flow.policies.flow_policy import FlowPolicy
@@ -304,7 +305,7 @@ class FlowOnPolicyAlgorithm(ModelFileMixin, OnPolicyAlgorithm):
                 {"params": list(policy.value_net.parameters()), "lr": self.critic_lr_schedule(1)},
             ],
             lr=self.lr_schedule(1),
-            **policy.optimizer_kwargs,
+            **fused_adam_kwargs(policy.optimizer_class, policy.optimizer_kwargs),
         )
 
     def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:

@@ -77,27 +77,27 @@ class VelocityNetwork(nn.Module):
                 layers += [nn.Linear(in_size, out_size), activation_fn()]
             layers.append(nn.Linear(net_arch[-1], action_dim))
         self.trunk = nn.Sequential(*layers)
-        self._time_terms_cache: dict[int, tuple[th.Tensor, tuple[int, int, int], th.Tensor]] = {}
+        self._time_terms_cache: dict[int, tuple[th.Tensor, int, th.Tensor, th.Tensor]] = {}
 
     def time_terms(self, times: th.Tensor) -> th.Tensor:
         """
         Time half of the first layer for a 1-d tensor of times, shape (len(times), first_layer_size).
 
         Sampling evaluates the same K grid times again and again, so without autograd the result is cached until the
-        weights change (an optimizer step or ``load_state_dict`` bumps the parameter's version counter).
+        weights change. The check compares the weight's values with a copy: version counters are not enough, since
+        torch's fused Adam (the policies' default) updates parameters in place without bumping them.
         """
         if th.is_grad_enabled() or th.compiler.is_compiling():  # a compiled graph computes them once itself
             return self.time_projection(self.time_embedding(times))
         weight = self.time_projection.weight
-        # Holding `times` in the entry keeps its id unique, so an identity check is enough (no device sync).
+        # Holding `times` in the entry keeps its id unique, so an identity check is enough for the times.
         entry = self._time_terms_cache.get(id(times))
-        state = (times._version, weight.data_ptr(), weight._version)
-        if entry is not None and entry[0] is times and entry[1] == state:
-            return entry[2]
+        if entry is not None and entry[0] is times and entry[1] == times._version and _same_values(entry[2], weight):
+            return entry[3]
         if len(self._time_terms_cache) >= 32:
             self._time_terms_cache.clear()
         terms = self.time_projection(self.time_embedding(times))
-        self._time_terms_cache[id(times)] = (times, state, terms)
+        self._time_terms_cache[id(times)] = (times, times._version, weight.detach().clone(), terms)
         return terms
 
     def condition(self, features: th.Tensor) -> th.Tensor:
@@ -117,6 +117,11 @@ class VelocityNetwork(nn.Module):
     def forward(self, features: th.Tensor, x: th.Tensor, t: th.Tensor) -> th.Tensor:
         """Velocity for one (features, x, t) triple per row."""
         return self.forward_conditioned(self.condition(features), x, t)
+
+
+def _same_values(copy: th.Tensor, tensor: th.Tensor) -> bool:
+    """Whether ``tensor`` still holds the values of ``copy`` (on the same device, with the same dtype)."""
+    return copy.device == tensor.device and copy.dtype == tensor.dtype and th.equal(copy, tensor)
 
 
 def _direct_forwards(sequential: nn.Sequential) -> list:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -30,6 +32,36 @@ def set_torch_threads(n_threads: int = 1) -> None:
     :param n_threads: number of intra-op threads
     """
     th.set_num_threads(int(n_threads))
+
+
+@functools.lru_cache(maxsize=1)
+def fused_adam_available() -> bool:
+    """Whether this torch has fused Adam kernels for CPU tensors (torch >= 2.4): one kernel for all parameters."""
+    try:
+        parameter = nn.Parameter(th.zeros(2))
+        optimizer = th.optim.Adam([parameter], fused=True)
+        parameter.grad = th.ones(2)
+        optimizer.step()
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def fused_adam_kwargs(optimizer_class: type[th.optim.Optimizer], optimizer_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``optimizer_kwargs`` with ``fused=True`` for torch's Adam / AdamW where torch has the fused kernels and the user chose
+    no implementation (``fused``, ``foreach`` or ``differentiable``). The fused step updates every parameter in one
+    kernel instead of a loop of small ops: measured in benchmarks/on_policy_time_split.py. Results differ from the
+    default implementation's by float rounding only.
+
+    :param optimizer_class: the policy's optimizer class
+    :param optimizer_kwargs: the user's optimizer keyword arguments (not modified)
+    :return: the keyword arguments to build the optimizer with
+    """
+    chosen = {"fused", "foreach", "differentiable"} & set(optimizer_kwargs)
+    if optimizer_class not in (th.optim.Adam, th.optim.AdamW) or chosen or not fused_adam_available():
+        return dict(optimizer_kwargs)
+    return {**optimizer_kwargs, "fused": True}
 
 
 def check_box_action_space(action_space: spaces.Space, owner: str = "a flow policy") -> spaces.Box:

@@ -24,7 +24,7 @@ from sb3_flow.common.flow import (
 from sb3_flow.common.flow import cfm_loss as flow_cfm_loss
 from sb3_flow.common.networks import ConditionedVelocity, VelocityNetwork
 from sb3_flow.common.observations import first_entry
-from sb3_flow.common.utils import small_batch_inference
+from sb3_flow.common.utils import fused_adam_kwargs, small_batch_inference
 from sb3_flow.policies.base import BoxActionPolicy
 
 
@@ -98,7 +98,8 @@ class FlowPolicy(BoxActionPolicy):
             self.time_embedding_dim,
         )
         self._build_extra_networks()
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+        optimizer_kwargs = fused_adam_kwargs(self.optimizer_class, self.optimizer_kwargs)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **optimizer_kwargs)
 
     def _build_extra_networks(self) -> None:
         """Subclasses add their networks here (e.g. a critic), before the optimizer is created over all parameters."""

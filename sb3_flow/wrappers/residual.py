@@ -25,6 +25,7 @@ from sb3_flow.common.utils import (
     small_batch_inference,
     zero_init_actor,
 )
+from sb3_flow.policies.flow_policy import FlowPolicy
 from sb3_flow.policies.loading import BaseFlowPolicySource
 from sb3_flow.wrappers.frozen import frozen_base_policy, recorded_source, unscale_rows
 
@@ -209,6 +210,11 @@ class ResidualActionWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._base_action = self.core.base_actions(batch)
         return index_rows(self.core.augment(batch, self._base_action), 0)
 
+    @property
+    def base_policy(self) -> FlowPolicy:
+        """The wrapper's frozen copy of the base policy (e.g. to call ``compile_sampler()`` on it)."""
+        return self.core.base_policy
+
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         if kwargs.get("seed") is not None:
             self.core.reseed(kwargs["seed"])
@@ -253,6 +259,11 @@ class VecResidualActionWrapper(VecEnvWrapper):
     def _observe(self, observations: Any) -> Any:
         self._base_actions = self.core.base_actions(observations)
         return self.core.augment(observations, self._base_actions)
+
+    @property
+    def base_policy(self) -> FlowPolicy:
+        """The wrapper's frozen copy of the base policy (e.g. to call ``compile_sampler()`` on it)."""
+        return self.core.base_policy
 
     def reset(self) -> Any:
         return self._observe(self.venv.reset())
