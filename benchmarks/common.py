@@ -168,6 +168,7 @@ def plot_curves(
     title: str,
     hlines: dict[str, float] | None = None,
     ylim: tuple[float, float] | None = None,
+    ylabel: str = "return on fixed starts",
 ) -> None:
     """Mean ± std over seeds of each method's curve, optional horizontal reference lines and y range, as a PNG."""
     import matplotlib
@@ -185,7 +186,7 @@ def plot_curves(
         axes.axhline(value, linestyle="--", color="gray", linewidth=1)
         axes.text(0, value, f" {name}", va="bottom", fontsize=8, color="gray")
     axes.set_xlabel("environment steps")
-    axes.set_ylabel("return on fixed starts")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.legend()
     figure.tight_layout()

@@ -18,7 +18,10 @@ per method (FQL 300 without Q normalization, FQL README; QC-FQL 100, QC's acfql.
 (%) over 50 evaluation episodes with fixed seeds (the chunked policy evaluated through ``ActionChunkWrapper``).
 
     python -m benchmarks.qc_offline_to_online --task cube-single --cube-data mixed --episodes 10 --task-episodes 50 \
-        --offline-steps 10000 --steps 20000 --eval-every 5000
+        --offline-steps 10000 --steps 10000 --eval-every 2500 --methods FQL --out benchmark_output/qc_cube_FQL.json
+    (the same with ``--methods QC-FQL --out benchmark_output/qc_cube_QC-FQL.json``, in a second process), then
+    python -m benchmarks.qc_offline_to_online --report benchmark_output/qc_cube_FQL.json \
+        benchmark_output/qc_cube_QC-FQL.json --plot docs/img/qc_offline_to_online_cube.png
 """
 
 from __future__ import annotations
@@ -141,10 +144,10 @@ def report(payloads: list[dict[str, Any]], plot: str | None) -> None:
         )
     if plot:
         task = settings.get("task", "pendulum")
-        task_name = ENV_ID if task == "pendulum" else "cube-single task 2 (success %)"
-        plot_curves(
-            curves, plot, f"{task_name}: FQL vs QC-FQL, {settings['offline_steps']} offline gradient steps, then online"
-        )
+        task_name = ENV_ID if task == "pendulum" else "cube-single task 2"
+        ylabel = "return on fixed starts" if task == "pendulum" else "success rate (%), 50 fixed episodes"
+        title = f"{task_name}: FQL vs QC-FQL online, after {settings['offline_steps']} offline steps"
+        plot_curves(curves, plot, title, ylabel=ylabel)
 
 
 if __name__ == "__main__":
