@@ -25,7 +25,8 @@ from sb3_flow.common.experts import EXPERT_ALGOS, expert_cache_path
 from sb3_flow.common.files import existing_file, with_suffix_if_missing
 from sb3_flow.common.utils import check_finite_number, check_policy_matches_env, check_positive_int, set_torch_threads
 from sb3_flow.compare.stats import DEFAULT_BOOTSTRAP_SEED, DEFAULT_REPS
-from sb3_flow.demo import DemoConfig
+from sb3_flow.demo import DEMO_METHODS, DemoConfig
+from sb3_flow.experiments import PENDULUM_PIPELINE
 from sb3_flow.registry import SB3_FLOW_ALGORITHMS, all_algorithms, offline_algorithms
 
 DEFAULT_ENV = "Pendulum-v1"
@@ -245,7 +246,7 @@ def _add_collect(commands: Any) -> None:
         "collect", help="train (or load) an expert and collect demonstrations", formatter_class=_HelpFormatter
     )
     collect.add_argument("--env", default=DEFAULT_ENV, help="gymnasium environment id")
-    _add_expert(collect, DemoConfig.expert_steps)
+    _add_expert(collect, PENDULUM_PIPELINE.expert_steps)
     collect.add_argument("--episodes", type=positive_int, default=50, help="number of demonstration episodes")
     collect.add_argument(
         "--action-noise", type=non_negative_float, default=0.0, help="Gaussian action noise (fraction of the half-width)"
@@ -542,7 +543,11 @@ def _add_distill(commands: Any) -> None:
 def _add_demo(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
-        help="expert -> demonstrations -> Gaussian BC and Flow BC -> fine-tuning and steering -> table and plot",
+        help="multimodal BC, then expert -> demonstrations -> Flow BC base -> a small comparison; table and figure",
+        description="First panel: Gaussian BC and Flow BC on bimodal demonstrations. Then an expert, its noisy "
+        "demonstrations and a Flow BC base, and a small comparison from that base (sb3-flow compare): each method "
+        "on each seed, every agent, the base and the expert scored on the same fixed starts, scores normalized "
+        "between the base (0) and the expert (1), 95% intervals over seeds. Needs rliable: pip install 'sb3-flow[compare]'.",
         formatter_class=_HelpFormatter,
     )
     defaults = DemoConfig()
@@ -552,29 +557,36 @@ def _add_demo(commands: Any) -> None:
     demo.add_argument(
         "--action-noise", type=non_negative_float, default=defaults.action_noise, help="demonstration action noise"
     )
-    demo.add_argument("--bc-steps", type=positive_int, default=defaults.bc_steps, help="gradient steps of each BC run")
+    demo.add_argument("--bc-steps", type=positive_int, default=defaults.bc_steps, help="gradient steps of the Flow BC base")
     demo.add_argument(
-        "--bc-learning-rate", type=positive_float, default=defaults.bc_learning_rate, help="learning rate of each BC run"
+        "--bc-learning-rate", type=positive_float, default=defaults.bc_learning_rate, help="learning rate of the Flow BC base"
     )
     demo.add_argument(
-        "--finetune-steps",
-        type=non_negative_int,
-        default=defaults.finetune_steps,
-        help="env steps of each fine-tuning row (0: none)",
+        "--modes-steps",
+        type=positive_int,
+        default=defaults.modes_steps,
+        help="gradient steps of Gaussian BC and Flow BC on the bimodal demonstrations (first panel)",
     )
     demo.add_argument(
-        "--steering-steps",
-        type=non_negative_int,
-        default=defaults.steering_steps,
-        help="env steps of each SAC-based steering row (0: none)",
+        "--methods", nargs="+", choices=sorted(DEMO_METHODS), default=list(defaults.methods), help="the compared methods"
     )
+    demo.add_argument("--budget", type=positive_int, default=defaults.budget, help="env steps of each method and seed")
+    demo.add_argument("--seeds", nargs="+", type=non_negative_int, default=list(defaults.seeds), help="the comparison's seeds")
     demo.add_argument(
-        "--eval-episodes", type=positive_int, default=defaults.n_eval_episodes, help="evaluation episodes per row"
+        "--eval-starts",
+        type=positive_int,
+        default=defaults.eval_starts,
+        help="fixed initial states every agent, the base and the expert are scored on",
     )
+    demo.add_argument("--eval-every", type=positive_int, default=defaults.eval_every, help="env steps between evaluations")
     demo.add_argument(
-        "--workers", type=positive_int, default=defaults.n_workers, help="processes for the fine-tuning rows (1: sequential)"
+        "--workers",
+        type=positive_int,
+        default=defaults.n_workers,
+        help="processes for the comparison's jobs, one torch thread each (1: one after the other)",
     )
-    demo.add_argument("--out-dir", default=defaults.out_dir, help="output folder")
+    demo.add_argument("--reps", type=positive_int, default=defaults.reps, help="bootstrap replications of the intervals")
+    demo.add_argument("--out-dir", "--out", dest="out_dir", default=defaults.out_dir, help="output folder")
     _add_common(demo)
 
 
@@ -1171,7 +1183,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sb3_flow.demo import format_table, run_demo
+    from sb3_flow.demo import check_demo_config, format_modes, format_table, run_demo
 
     _check_output(args.out_dir, "--out-dir", folder=True)
     config = DemoConfig(
@@ -1183,22 +1195,40 @@ def _demo(args: argparse.Namespace) -> int:
         action_noise=args.action_noise,
         bc_steps=args.bc_steps,
         bc_learning_rate=args.bc_learning_rate,
-        finetune_steps=args.finetune_steps,
-        steering_steps=args.steering_steps,
-        n_eval_episodes=args.eval_episodes,
+        modes_steps=args.modes_steps,
+        methods=tuple(args.methods),
+        budget=args.budget,
+        seeds=tuple(args.seeds),
+        eval_starts=args.eval_starts,
+        eval_every=args.eval_every,
         n_workers=args.workers,
+        reps=args.reps,
         seed=args.seed,
         out_dir=args.out_dir,
         cache_dir=args.cache_dir,
     )
+    check_demo_config(config)  # a missing extra or a bad setting, before the line that announces the expert
     before, after = _describe_expert(args)
     print(before or after)
-    result = run_demo(config)
+    try:
+        result = run_demo(config)
+    except RuntimeError as error:  # every job of the comparison failed: their tracebacks are in files
+        print(f"sb3-flow demo: {error}", file=sys.stderr)
+        return 1
     if before:
         print(after)
     print()
-    print(format_table(result.rows))
-    print(f"\nplot: {result.files['plot']}   results: {result.files['results']}")
+    print(format_modes(result.modes))
+    print()
+    print(format_table(result.rows, result.normalized))
+    print(
+        f"\nscores on {config.eval_starts} fixed starts (the same for every agent, the base and the expert); "
+        f"demo took {result.seconds['total']:.0f} s"
+    )
+    print(f"figure: {result.files['plot']}   results: {result.files['results']}   report: {result.files['compare_report']}")
+    if result.failed:
+        print(f"failed jobs (left out above): {', '.join(result.failed)}; see {Path(args.out_dir, 'compare', 'jobs')}")
+        return 1
     return 0
 
 

@@ -1,43 +1,65 @@
-"""The README's main job: expert -> demonstrations -> behaviour cloning -> evaluation, as a table and a plot."""
+"""
+``sb3-flow demo``: what a flow policy keeps and what fine-tuning buys, in a few minutes on 2 CPU cores.
+
+1. **Modes.** On demonstrations whose action is ``+0.8`` or ``-0.8`` with equal probability in every state
+   (:mod:`sb3_flow.common.toy`), Gaussian BC averages the modes while Flow BC keeps both.
+2. **Pipeline.** An expert, its noisy demonstrations, and a Flow BC base trained on them.
+3. **Comparison.** A small :mod:`sb3_flow.compare` run from that base: a few methods, several seeds, every agent, the
+   base and the expert scored on the same fixed initial states, scores normalized so that the base is 0 and the expert
+   1, with 95% bootstrap intervals over seeds (rliable).
+
+It writes ``results.json`` and ``demo.png`` (the modes, the learning curves and the final scores) into the output
+folder, and the comparison's own files (jobs, report) under ``<out>/compare/``.
+"""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3 import SAC
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_flow.bc import FlowBC, GaussianBC
 from sb3_flow.common.demonstrations import collect_demonstrations
-from sb3_flow.common.utils import check_positive_int, set_torch_threads
-from sb3_flow.dsrl import DSRLNA
+from sb3_flow.common.experts import expert_cache_path
+from sb3_flow.common.files import existing_file
+from sb3_flow.common.toy import BIMODAL_MODE, BimodalEnv, bimodal_demonstrations
+from sb3_flow.common.utils import check_positive_int
+from sb3_flow.compare import CompareConfig, compare
+from sb3_flow.compare.stats import DEFAULT_REPS, import_rliable, normalize
 from sb3_flow.experiments import (
-    DSRL_NOISE_BOUND,
     EXPERT_ALGOS,
-    FLOW_PPO_PENDULUM_FINETUNE,
     PENDULUM_PIPELINE,
-    REINFLOW_PENDULUM_FINETUNE,
-    STEERING_SAC,
-    evaluate_episodes,
-    finetune_model,
     load_expert,
     pendulum_swing_up,
     pretrain,
-    steering_wrapper,
+    returns_on_starts,
     train_expert,
 )
-from sb3_flow.fpo import FlowPPO
-from sb3_flow.reinflow import ReinFlow
-from sb3_flow.wrappers import zero_init_actor
+
+# The methods the demo can compare, by their name in the comparison: (label, the comparison's method settings).
+# The SAC-based steering methods improve a Pendulum base within a few thousand environment steps; the on-policy
+# fine-tuners need tens of thousands (docs/benchmarks.md), so they only show a gain with a larger --budget.
+DEMO_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dsrl": ("DSRL", {"algo": "sac_dsrl", "preset": "STEERING_SAC"}),
+    "residual_sac": ("Residual SAC", {"algo": "sac_residual", "preset": "STEERING_SAC"}),
+    "dsrl_na": ("DSRL-NA", {"algo": "dsrl_na", "preset": "STEERING_SAC"}),
+    "flow_ppo": ("FlowPPO", {"algo": "flow_ppo", "preset": "FLOW_PPO_PENDULUM_FINETUNE", "n_envs": 8}),
+    "reinflow": ("ReinFlow", {"algo": "reinflow", "preset": "REINFLOW_PENDULUM_FINETUNE", "n_envs": 8}),
+    "sac": ("SAC from scratch", {"algo": "sac", "preset": "STEERING_SAC"}),
+}
+
+# Half the pipeline's 20k steps: SAC with these settings passes 90% of the 20k expert's return on Pendulum after 4-5k
+# steps (docs/benchmarks.md, steering), and a first run, which trains the expert, must fit 10 minutes on 2 cores.
+DEMO_EXPERT_STEPS = 10_000
+# The comparison's first evaluation reset seed (away from the demonstrations' episodes): the expert is scored there too.
+EVAL_FIRST_SEED = CompareConfig.eval_first_seed
+# Where a sample counts as "at a mode" (or "at the mean", 0) in the modes panel.
+MODE_TOLERANCE = 0.25
 
 
 @dataclass
@@ -51,31 +73,39 @@ class DemoConfig:
     :param expert_steps: training steps of a trained expert
     :param n_episodes: demonstration episodes
     :param action_noise: Gaussian action noise of the demonstrations (fraction of the action half-width)
-    :param bc_steps: gradient steps of each behaviour-cloning run
-    :param bc_learning_rate: learning rate of each behaviour-cloning run
-    :param finetune_steps: environment steps of each on-policy fine-tuning method (0: skip those rows)
-    :param steering_steps: environment steps of each steering method, SAC-based (0: skip those rows)
-    :param n_eval_episodes: evaluation episodes per row
-    :param n_workers: processes that run the fine-tuning rows, which are independent once Flow BC is trained
-        (1: one after the other in this process; each worker uses one torch thread). The workers are spawned, so a
-        script that calls :func:`run_demo` with more than one must do it under ``if __name__ == "__main__":``
-    :param seed: random seed
-    :param out_dir: where the demonstrations, models, results.json and demo.png are written
+    :param bc_steps: gradient steps of the Flow BC base
+    :param bc_learning_rate: learning rate of the Flow BC base
+    :param modes_steps: gradient steps of Gaussian BC and of Flow BC on the bimodal demonstrations (first panel)
+    :param methods: the compared methods, names of :data:`DEMO_METHODS`
+    :param budget: environment steps of each (method, seed)
+    :param seeds: the comparison's seeds
+    :param eval_starts: the fixed initial states every agent, the base and the expert are scored on
+    :param eval_every: environment steps between evaluations (the learning curves' points)
+    :param n_workers: processes that run the comparison's jobs (1: one after the other in this process; each uses one
+        torch thread). The workers are spawned, so a script that calls :func:`run_demo` with more than one must do it
+        under ``if __name__ == "__main__":``
+    :param reps: bootstrap replications of the intervals
+    :param seed: seed of the modes panel, the expert, the demonstrations and the base
+    :param out_dir: where results.json, demo.png, the demonstrations, the base and the comparison go
     :param cache_dir: expert cache folder (None: the default)
     """
 
     env_id: str = PENDULUM_PIPELINE.env_id
     expert: str = "sac"
     expert_algo: str = "sac"
-    expert_steps: int = PENDULUM_PIPELINE.expert_steps
+    expert_steps: int = DEMO_EXPERT_STEPS
     n_episodes: int = PENDULUM_PIPELINE.n_episodes
     action_noise: float = PENDULUM_PIPELINE.action_noise
     bc_steps: int = PENDULUM_PIPELINE.bc_steps
     bc_learning_rate: float = PENDULUM_PIPELINE.bc_learning_rate
-    finetune_steps: int = 40_960
-    steering_steps: int = 2_000
-    n_eval_episodes: int = 20
+    modes_steps: int = 1_000
+    methods: tuple[str, ...] = ("dsrl", "residual_sac")
+    budget: int = 3_000
+    seeds: tuple[int, ...] = (0, 1, 2)
+    eval_starts: int = 50
+    eval_every: int = 500
     n_workers: int = 2
+    reps: int = DEFAULT_REPS
     seed: int = PENDULUM_PIPELINE.seed
     out_dir: str = "demo_output"
     cache_dir: str | None = None
@@ -83,22 +113,125 @@ class DemoConfig:
 
 @dataclass
 class DemoRow:
-    """One line of the demo table."""
+    """
+    One line of the demo's table.
+
+    :param name: the method (or reference)
+    :param score: the normalized score (0: the base, 1: the expert); for a method, the IQM over seeds
+    :param score_low: the lower end of its 95% interval over seeds
+    :param score_high: the upper end
+    :param mean_return: the raw return on the fixed starts (a method's: its mean over seeds)
+    :param wall_seconds: seconds it took (a method's: per seed, training and evaluations)
+    :param notes: what it was
+    """
 
     name: str
+    score: float
+    score_low: float
+    score_high: float
     mean_return: float
-    std_return: float
     wall_seconds: float
     notes: str = ""
 
 
 @dataclass
+class ModesResult:
+    """
+    The first panel: sampled actions on the bimodal demonstrations.
+
+    :param demonstrations: the demonstrations' actions
+    :param gaussian_samples: Gaussian BC's sampled actions
+    :param gaussian_mean: Gaussian BC's deterministic (mean) action, averaged over the states
+    :param flow_samples: Flow BC's sampled actions
+    :param mode: where the two modes lie (``+mode`` and ``-mode``)
+    """
+
+    demonstrations: np.ndarray
+    gaussian_samples: np.ndarray
+    gaussian_mean: float
+    flow_samples: np.ndarray
+    mode: float = BIMODAL_MODE
+
+    def fractions(self, samples: np.ndarray) -> dict[str, float]:
+        """The fractions of ``samples`` near ``+mode``, near ``-mode`` and near their mean 0."""
+        samples = np.ravel(samples)
+        return {
+            "near_plus": float(np.mean(np.abs(samples - self.mode) < MODE_TOLERANCE)),
+            "near_minus": float(np.mean(np.abs(samples + self.mode) < MODE_TOLERANCE)),
+            "near_zero": float(np.mean(np.abs(samples) < MODE_TOLERANCE)),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers of the panel, JSON-ready."""
+        return {
+            "mode": self.mode,
+            "tolerance": MODE_TOLERANCE,
+            "gaussian_mean_action": self.gaussian_mean,
+            "gaussian_bc": self.fractions(self.gaussian_samples),
+            "flow_bc": self.fractions(self.flow_samples),
+        }
+
+
+@dataclass
 class DemoResult:
-    """The rows, in order, and where the files went."""
+    """
+    What :func:`run_demo` produced.
+
+    :param config: the settings
+    :param rows: the table: the expert, the base, then the methods
+    :param files: where the files went
+    :param modes: the first panel's samples
+    :param curves: per method, the normalized learning curve: (steps, IQM, lower, upper) over seeds
+    :param seed_scores: per method, the final normalized score of each seed
+    :param seconds: wall-clock seconds of each stage and in total
+    :param normalized: the scores are normalized (0: the base, 1: the expert); False: raw returns, when the base's and
+        the expert's returns are equal
+    :param failed: the comparison's jobs that failed ("method seed s"; their tracebacks are in ``<out>/compare/jobs``)
+    """
 
     config: DemoConfig
     rows: list[DemoRow] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    modes: ModesResult | None = None
+    curves: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+    seed_scores: dict[str, list[float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    normalized: bool = True
+    failed: list[str] = field(default_factory=list)
+
+
+def check_demo_config(config: DemoConfig) -> None:
+    """
+    Everything about the settings that can be checked before minutes of training.
+
+    :raises ValueError: naming the setting
+    :raises ImportError: when rliable (``[compare]``) is missing
+    """
+    counts = ("expert_steps", "n_episodes", "bc_steps", "modes_steps", "budget", "eval_starts", "eval_every", "n_workers")
+    for name in (*counts, "reps"):
+        check_positive_int(getattr(config, name), name)
+    if config.eval_every > config.budget:
+        raise ValueError(f"eval_every must be at most the budget ({config.budget} env steps), got {config.eval_every}")
+    seeds = tuple(config.seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed (intervals over seeds need two or more)")
+    for seed in seeds:
+        check_positive_int(seed, "seeds", minimum=0)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must name each seed once, got {list(seeds)}")
+    methods = tuple(config.methods)
+    if not methods:
+        raise ValueError(f"methods must name at least one of {sorted(DEMO_METHODS)}")
+    unknown = sorted(set(methods) - set(DEMO_METHODS))
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; known: {sorted(DEMO_METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"methods must name each method once, got {list(methods)}")
+    if config.expert == "scripted" and config.env_id != "Pendulum-v1":
+        raise ValueError("the scripted expert only controls Pendulum-v1")
+    if config.expert != "scripted" and config.expert.lower() not in EXPERT_ALGOS:
+        existing_file(config.expert, ".zip", what="saved expert model")
+    import_rliable()  # the intervals need it: fail now, not after the expert and the base
 
 
 def get_expert(config: DemoConfig, progress_bar: bool = True) -> Any:
@@ -114,208 +247,346 @@ def get_expert(config: DemoConfig, progress_bar: bool = True) -> Any:
     return load_expert(config.expert, config.expert_algo)
 
 
-def _evaluate(policy_or_model: Any, config: DemoConfig) -> tuple[float, float]:
-    # evaluation episodes differ from the demonstrations' episodes
-    return evaluate_episodes(policy_or_model, config.env_id, config.n_eval_episodes, seed=config.seed + 10_000)
+def modes_panel(steps: int, seed: int = 0, n_samples: int = 2000) -> ModesResult:
+    """
+    Gaussian BC and Flow BC on bimodal demonstrations (:func:`~sb3_flow.common.toy.bimodal_demonstrations`), the same
+    networks and gradient steps, then ``n_samples`` sampled actions of each on fresh states.
+
+    :param steps: gradient steps of each
+    :param seed: seed of the data, the models and the states
+    :param n_samples: sampled actions of each
+    """
+    steps = check_positive_int(steps, "modes_steps")
+    demos = bimodal_demonstrations(4000, seed=seed)
+    # Small networks: the panel trains in seconds; the observation carries no information, so any size would do.
+    settings = {"seed": seed, "learning_rate": 1e-3, "policy_kwargs": {"net_arch": [64, 64]}, "device": "cpu"}
+    gaussian = GaussianBC("MlpPolicy", BimodalEnv(), demos, **settings).learn(steps)
+    flow = FlowBC("MlpPolicy", BimodalEnv(), demos, **settings).learn(steps)
+    states = np.random.default_rng(seed + 1).uniform(-1, 1, (n_samples, 2)).astype(np.float32)
+    gaussian_mean, _ = gaussian.predict(states, deterministic=True)
+    gaussian_samples, _ = gaussian.predict(states, deterministic=False)
+    flow_samples, _ = flow.predict(states, deterministic=False)
+    return ModesResult(
+        demonstrations=demos.actions.ravel(),
+        gaussian_samples=np.ravel(gaussian_samples),
+        gaussian_mean=float(np.mean(gaussian_mean)),
+        flow_samples=np.ravel(flow_samples),
+    )
 
 
-def _timed(step: Callable[[], Any]) -> tuple[Any, float]:
+def compare_settings(config: DemoConfig, base_path: str, expert_return: float) -> dict[str, Any]:
+    """
+    The comparison the demo runs, as :func:`sb3_flow.compare.compare` takes it.
+
+    :param config: the demo's settings
+    :param base_path: the Flow BC base's zip
+    :param expert_return: the expert's mean return on the same fixed starts (the score's 1)
+    """
+    return {
+        "env": config.env_id,
+        "base": {"zip": str(Path(base_path).resolve())},
+        "expert_return": float(expert_return),
+        "methods": {name: dict(DEMO_METHODS[name][1]) for name in config.methods},
+        "budget": config.budget,
+        "seeds": list(config.seeds),
+        "eval_starts": config.eval_starts,
+        "eval_every": config.eval_every,
+        "eval_first_seed": EVAL_FIRST_SEED,
+    }
+
+
+def _timed(step: Callable[[], Any], seconds: dict[str, float], name: str) -> Any:
     start = time.perf_counter()
     value = step()
-    return value, time.perf_counter() - start
+    seconds[name] = time.perf_counter() - start
+    return value
 
 
 def run_demo(config: DemoConfig, progress_bar: bool = True, log: Callable[[str], None] = print) -> DemoResult:
     """
-    Run the whole pipeline and write ``results.json`` and ``demo.png`` into ``config.out_dir``.
+    Run the demo and write ``results.json`` and ``demo.png`` into ``config.out_dir``.
 
     :param config: the settings
-    :param progress_bar: show progress bars
+    :param progress_bar: show progress bars (the expert's and the base's training)
     :param log: where progress lines go
-    :return: the table rows and file paths
+    :return: the table rows, the panels' data, the timings and the file paths
+    :raises ValueError: for settings that cannot run, before anything is trained
+    :raises ImportError: when rliable (``pip install 'sb3-flow[compare]'``) is missing
+    :raises RuntimeError: when no job of the comparison finished
     """
-    for name in ("expert_steps", "n_episodes", "bc_steps", "n_eval_episodes", "n_workers"):
-        check_positive_int(getattr(config, name), name)
-    for name in ("finetune_steps", "steering_steps"):
-        check_positive_int(getattr(config, name), name, minimum=0)
+    check_demo_config(config)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = DemoResult(config)
+    start = time.perf_counter()
 
-    log(f"[1/4] expert: {config.expert} on {config.env_id}")
-    expert, seconds = _timed(lambda: get_expert(config, progress_bar))
-    mean, std = _evaluate(expert, config)
-    result.rows.append(DemoRow("expert", mean, std, seconds, f"{config.expert}"))
+    log(f"[1/5] modes: Gaussian BC and Flow BC on bimodal demonstrations (+-{BIMODAL_MODE}), {config.modes_steps} steps each")
+    result.modes = _timed(lambda: modes_panel(config.modes_steps, config.seed), result.seconds, "modes")
+    base_path, expert_return, notes = _pipeline(config, out_dir, result, progress_bar, log)
 
-    log(f"[2/4] demonstrations: {config.n_episodes} episodes, action noise {config.action_noise}")
-    demos, seconds = _timed(
-        lambda: collect_demonstrations(
-            config.env_id, expert, config.n_episodes, config.action_noise, seed=config.seed, progress_bar=progress_bar
-        )
+    log(
+        f"[5/5] comparison: {', '.join(config.methods)} from the base, seeds {list(config.seeds)}, {config.budget} env "
+        f"steps each, scored on {config.eval_starts} fixed starts, {config.n_workers} worker(s)"
     )
-    demos_path = out_dir / "demos.npz"
-    demos.save(demos_path)
-    result.files["demonstrations"] = str(demos_path)
-    summary = demos.summary()
-    result.rows.append(
-        DemoRow("demonstrations", summary["mean_return"], summary["std_return"], seconds, f"{summary['n_transitions']} steps")
+    compare_dir = out_dir / "compare"
+    settings = compare_settings(config, base_path, expert_return)
+    report = _timed(
+        lambda: compare(settings, compare_dir, workers=config.n_workers, reps=config.reps, log=log), result.seconds, "compare"
     )
-
-    pretrained = {}
-    for index, (name, algorithm) in enumerate((("Gaussian BC", GaussianBC), ("Flow BC", FlowBC)), start=3):
-        log(f"[{index}/4] {name}: {config.bc_steps} gradient steps")
-        model, seconds = _timed(lambda algorithm=algorithm: _pretrain(algorithm, demos, config, progress_bar))
-        path = out_dir / f"{algorithm.__name__.lower()}.zip"
-        model.save(path)
-        result.files[name] = str(path)
-        pretrained[name] = model
-        mean, std = _evaluate(model.policy, config)
-        result.rows.append(DemoRow(name, mean, std, seconds, f"{config.bc_steps} gradient steps"))
-
-    jobs = [(name, getattr(config, budget)) for name, (_, budget) in FINETUNERS.items() if getattr(config, budget) > 0]
-    for name, steps in jobs:
-        log(f"[fine-tune] {name}: {steps} environment steps from Flow BC")
-    if config.n_workers > 1 and len(jobs) > 1:
-        finished = _finetune_in_workers(jobs, config, result.files["Flow BC"])
-    else:
-        finished = [_finetune_row(name, steps, pretrained["Flow BC"], config, progress_bar) for name, steps in jobs]
-    for row, path in finished:
-        result.rows.append(row)
-        result.files[row.name] = path
+    if report is None:
+        raise RuntimeError(f"no job of the comparison finished: see the tracebacks in {compare_dir / 'jobs'}")
+    result.files["compare_report"] = report.files["report"]
+    _read_report(result, report.summary, notes)
+    result.seconds["total"] = time.perf_counter() - start
 
     result.files["results"] = str(out_dir / "results.json")
     result.files["plot"] = str(out_dir / "demo.png")
-    Path(result.files["results"]).write_text(
-        json.dumps({"config": asdict(config), "rows": [asdict(row) for row in result.rows]}, indent=2)
-    )
-    plot_rows(result.rows, result.files["plot"], f"sb3-flow demo on {config.env_id}")
+    _write_results(result, report.summary)
+    plot_demo(result, result.files["plot"])
     return result
 
 
-def _finetune_row(name: str, steps: int, flow_bc: Any, config: DemoConfig, progress_bar: bool) -> tuple[DemoRow, str]:
-    """Run one fine-tuning row: train from the Flow BC base, save, evaluate."""
-    finetune, _ = FINETUNERS[name]
-    tuned, seconds = _timed(lambda: finetune(flow_bc, config, steps, progress_bar))
-    path = Path(config.out_dir) / f"{name.split()[0].lower()}.zip"
-    tuned.model.save(path)
-    mean, std = evaluate_policy(tuned.model, tuned.eval_env, n_eval_episodes=config.n_eval_episodes, deterministic=True)
-    return DemoRow(name, float(mean), float(std), seconds, f"{steps} env steps"), str(path)
+def _pipeline(
+    config: DemoConfig, out_dir: Path, result: DemoResult, progress_bar: bool, log: Callable[[str], None]
+) -> tuple[str, float, dict[str, str]]:
+    """
+    The expert, its demonstrations and the Flow BC base (saved into ``out_dir``), timed into ``result.seconds``.
 
+    :return: the base's zip, the expert's mean return on the comparison's starts, and the notes of the table's
+        reference rows
+    """
+    expert_note = _expert_note(config)
+    log(f"[2/5] expert: {expert_note} on {config.env_id}")
+    expert = _timed(lambda: get_expert(config, progress_bar), result.seconds, "expert")
+    # On the starts the comparison scores the agents and the base on: the score's 1.
+    expert_return = float(returns_on_starts(expert, config.env_id, config.eval_starts, first_seed=EVAL_FIRST_SEED).mean())
 
-def _finetune_worker(name: str, steps: int, config: DemoConfig, flow_bc_path: str) -> tuple[DemoRow, str]:
-    # A fresh (spawned) process: one torch thread, the base loaded from the file the main process saved.
-    set_torch_threads(1)
-    flow_bc = FlowBC.load(flow_bc_path, device="cpu")
-    return _finetune_row(name, steps, flow_bc, config, progress_bar=False)
-
-
-def _finetune_in_workers(jobs: list[tuple[str, int]], config: DemoConfig, flow_bc_path: str) -> list[tuple[DemoRow, str]]:
-    """The fine-tuning rows in ``config.n_workers`` processes; rows come back in the order of ``jobs``."""
-    # spawn, not fork: a forked copy of a process that already ran torch can hang in its thread pool.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=config.n_workers, mp_context=context) as pool:
-        futures = [pool.submit(_finetune_worker, name, steps, config, flow_bc_path) for name, steps in jobs]
-        return [future.result() for future in futures]
-
-
-def _pretrain(algorithm: type, demos: Any, config: DemoConfig, progress_bar: bool) -> Any:
-    return pretrain(
-        algorithm, config.env_id, demos, config.bc_steps, config.bc_learning_rate, config.seed, progress_bar=progress_bar
+    log(f"[3/5] demonstrations: {config.n_episodes} episodes, action noise {config.action_noise}")
+    demos = _timed(
+        lambda: collect_demonstrations(
+            config.env_id, expert, config.n_episodes, config.action_noise, seed=config.seed, progress_bar=progress_bar
+        ),
+        result.seconds,
+        "demonstrations",
     )
+    result.files["demonstrations"] = str(demos.save(out_dir / "demos.npz"))
+
+    log(f"[4/5] Flow BC base: {config.bc_steps} gradient steps")
+    base = _timed(
+        lambda: pretrain(
+            FlowBC, config.env_id, demos, config.bc_steps, config.bc_learning_rate, config.seed, progress_bar=progress_bar
+        ),
+        result.seconds,
+        "base",
+    )
+    result.files["base"] = str(out_dir / "flow_bc.zip")
+    base.save(result.files["base"])
+    transitions = demos.summary()["n_transitions"]
+    base_note = f"{config.bc_steps} gradient steps on {config.n_episodes} noisy episodes ({transitions} steps)"
+    return result.files["base"], expert_return, {"expert": expert_note, "base": base_note}
 
 
-@dataclass
-class Tuned:
-    """A fine-tuned agent and the environment to evaluate it in (wrapped like its training environment)."""
-
-    model: Any
-    eval_env: Any
-
-
-def _eval_env(config: DemoConfig, wrap: Callable[[Any], Any] | None = None) -> Any:
-    env = make_vec_env(config.env_id, n_envs=1, seed=config.seed + 10_000)
-    return env if wrap is None else wrap(env)
-
-
-def finetune_flow_ppo(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
-    """FlowPPO from the Flow BC base with :data:`~sb3_flow.experiments.FLOW_PPO_PENDULUM_FINETUNE`."""
-    model = finetune_model(FlowPPO, config.env_id, base, FLOW_PPO_PENDULUM_FINETUNE, config.seed)
-    return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config))
-
-
-def finetune_reinflow(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
-    """ReinFlow (learned noise) from the Flow BC base with :data:`~sb3_flow.experiments.REINFLOW_PENDULUM_FINETUNE`."""
-    model = finetune_model(ReinFlow, config.env_id, base, REINFLOW_PENDULUM_FINETUNE, config.seed)
-    return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config))
+def _read_report(result: DemoResult, summary: dict[str, Any], notes: dict[str, str]) -> None:
+    """The table's rows, the curves and each seed's final score, from the comparison's report."""
+    config = result.config
+    base, expert = summary["references"]["base_return"], summary["references"]["expert_return"]
+    result.normalized = summary["normalized"]
+    result.failed = [f"{failure['method']} seed {failure['seed']}" for failure in summary["failed"]]
+    finished = {name: summary["methods"][name] for name in config.methods if name in summary["methods"]}
+    result.curves = {
+        name: tuple(np.asarray(method["curve"][key]) for key in ("steps", "iqm", "lower", "upper"))
+        for name, method in finished.items()
+    }
+    result.seed_scores = {name: normalize(method["final_returns"], base, expert).tolist() for name, method in finished.items()}
+    # The references score exactly 0 and 1 when normalized; otherwise the table shows raw returns throughout.
+    expert_score, base_score = (1.0, 0.0) if result.normalized else (expert, base)
+    result.rows = [
+        DemoRow("expert", expert_score, expert_score, expert_score, expert, result.seconds["expert"], notes["expert"]),
+        DemoRow("Flow BC base", base_score, base_score, base_score, base, result.seconds["base"], notes["base"]),
+    ]
+    result.rows += [_method_row(config, name, method) for name, method in finished.items()]
 
 
-def _steer_with_sac(method: str, base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
-    """SAC through a steering wrapper around the Flow BC base, its actor starting at the base (zero correction)."""
-    wrap = steering_wrapper(method, base.policy)
-    model = SAC("MlpPolicy", wrap(make_vec_env(config.env_id, seed=config.seed)), seed=config.seed, **STEERING_SAC)
-    zero_init_actor(model)
-    return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config, wrap))
+def _expert_note(config: DemoConfig) -> str:
+    """What the expert is, and for a trained one whether this run trains it or loads it from the cache."""
+    algo = config.expert.lower()
+    if algo not in EXPERT_ALGOS:
+        return config.expert
+    cached = expert_cache_path(config.env_id, algo, config.expert_steps, config.seed, config.cache_dir).is_file()
+    return f"{algo}, {config.expert_steps} steps ({'cached' if cached else 'trained now, then cached'})"
 
 
-def steer_dsrl(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
-    """SAC in the Flow BC base's noise space (DSRL), starting at the base's zero-noise action."""
-    return _steer_with_sac("dsrl", base, config, steps, progress_bar)
+def _method_row(config: DemoConfig, name: str, method: dict[str, Any]) -> DemoRow:
+    """A method's row: the IQM over seeds with its 95% interval, the mean raw return, the mean wall time per seed."""
+    iqm = method["iqm"]
+    seeds = len(method["seeds"])
+    note = f"{seeds} seed{'s' if seeds != 1 else ''} x {config.budget} env steps"
+    if seeds < len(config.seeds):
+        note += f" ({len(config.seeds) - seeds} failed or missing)"
+    mean_return, wall = float(np.mean(method["final_returns"])), float(np.mean(method["wall_seconds"]))
+    return DemoRow(DEMO_METHODS[name][0], iqm[0], iqm[1], iqm[2], mean_return, wall, note)
 
 
-def steer_dsrl_na(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
-    """DSRL-NA around the Flow BC base."""
-    model = DSRLNA(
-        "MlpPolicy", config.env_id, base_policy=base.policy, noise_bound=DSRL_NOISE_BOUND, seed=config.seed, device="cpu",
-        **STEERING_SAC,
-    )  # fmt: skip
-    return Tuned(model.learn(steps, progress_bar=progress_bar), _eval_env(config))
+def _write_results(result: DemoResult, summary: dict[str, Any]) -> None:
+    """``results.json``: the settings, the references, the modes panel, the table, per-seed scores and the curves."""
+    config = result.config
+    references = summary["references"]
+    payload = {
+        "config": asdict(config),
+        "normalized": result.normalized,
+        "references": {
+            "base_return": references["base_return"],
+            "expert_return": references["expert_return"],
+            "eval_starts": config.eval_starts,
+            "first_start_seed": EVAL_FIRST_SEED,
+        },
+        "modes": result.modes.summary() if result.modes is not None else None,
+        "rows": [asdict(row) for row in result.rows],
+        "methods": {
+            name: {
+                "label": DEMO_METHODS[name][0],
+                "seeds": summary["methods"][name]["seeds"],
+                "final_returns": summary["methods"][name]["final_returns"],
+                "final_scores": result.seed_scores[name],
+                "iqm": summary["methods"][name]["iqm"],
+                "mean": summary["methods"][name]["mean"],
+            }
+            for name in config.methods
+            if name in summary["methods"]
+        },
+        "curves": {
+            name: dict(zip(("steps", "iqm", "lower", "upper"), (np.asarray(part).tolist() for part in curve), strict=True))
+            for name, curve in result.curves.items()
+        },
+        "failed": summary["failed"],
+        "seconds": result.seconds,
+        "files": result.files,
+    }
+    Path(result.files["results"]).write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
 
-def steer_residual(base: Any, config: DemoConfig, steps: int, progress_bar: bool) -> Tuned:
-    """Residual SAC around the Flow BC base, starting at exactly zero correction."""
-    return _steer_with_sac("residual", base, config, steps, progress_bar)
-
-
-# Fine-tuning rows of the demo, in order, with the config field that holds their step budget; later methods add
-# themselves here.
-FINETUNERS: dict[str, tuple[Callable[[Any, DemoConfig, int, bool], Tuned], str]] = {
-    "FlowPPO fine-tune": (finetune_flow_ppo, "finetune_steps"),
-    "ReinFlow fine-tune": (finetune_reinflow, "finetune_steps"),
-    "DSRL (SAC)": (steer_dsrl, "steering_steps"),
-    "DSRL-NA": (steer_dsrl_na, "steering_steps"),
-    "Residual SAC": (steer_residual, "steering_steps"),
-}
-
-
-def format_table(rows: list[DemoRow]) -> str:
-    """The rows as a fixed-width text table."""
-    header = f"{'method':<22} {'return (mean ± std)':>22} {'wall s':>8}  notes"
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        score = f"{row.mean_return:9.1f} ± {row.std_return:7.1f}"
-        lines.append(f"{row.name:<22} {score:>22} {row.wall_seconds:8.1f}  {row.notes}")
+def format_modes(modes: ModesResult) -> str:
+    """The first panel in two lines: where each policy's sampled actions lie."""
+    lines = []
+    for name, samples in (("Flow BC", modes.flow_samples), ("Gaussian BC", modes.gaussian_samples)):
+        share = modes.fractions(samples)
+        lines.append(
+            f"{name + ' samples:':<21} {share['near_plus']:4.0%} near +{modes.mode}, {share['near_minus']:4.0%} near "
+            f"-{modes.mode}, {share['near_zero']:4.0%} near 0 (the mean no demonstrator took)"
+        )
+    lines.append(f"{'Gaussian BC mean:':<21} {modes.gaussian_mean:+.2f}")
     return "\n".join(lines)
 
 
-def plot_rows(rows: list[DemoRow], path: str, title: str) -> None:
-    """Bar chart of the rows' returns with their standard deviations, written as a PNG."""
+def format_table(rows: list[DemoRow], normalized: bool = True) -> str:
+    """
+    The rows as a fixed-width text table.
+
+    :param rows: the demo's rows
+    :param normalized: the scores are normalized (base 0, expert 1), not raw returns
+    """
+    digits = 2 if normalized else 1
+    score_name = "normalized score [95% CI]" if normalized else "return [95% CI]"
+    header = f"{'method':<32} {score_name:>26} {'return':>9} {'wall s':>7}  notes"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        score = f"{row.score:.{digits}f}"
+        if row.score_low != row.score_high:
+            score += f" [{row.score_low:.{digits}f}, {row.score_high:.{digits}f}]"
+        lines.append(f"{row.name:<32} {score:>26} {row.mean_return:9.1f} {row.wall_seconds:7.1f}  {row.notes}")
+    return "\n".join(lines)
+
+
+def plot_demo(result: DemoResult, path: str) -> None:
+    """
+    The demo's figure, as a PNG: the modes, the learning curves over seeds, the final scores with their intervals.
+
+    :param result: what :func:`run_demo` gathered
+    :param path: the PNG
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
-    positions = np.arange(len(rows))
-    axes.bar(
-        positions,
-        [row.mean_return for row in rows],
-        yerr=[row.std_return for row in rows],
-        capsize=4,
-        color=["#555555", "#999999"] + ["#1f77b4"] * (len(rows) - 2),
-    )
-    axes.set_xticks(positions, [row.name for row in rows], rotation=20)
-    axes.set_ylabel("episode return")
-    axes.set_title(title)
+    figure, axes = plt.subplots(1, 3, figsize=(17, 4.6), gridspec_kw={"width_ratios": [1, 1.2, 1]})
+    colors = {name: plt.get_cmap("tab10")(index) for index, name in enumerate(result.config.methods)}
+    if result.modes is not None:
+        _plot_modes(axes[0], result.modes)
+    normalized = result.normalized
+    label = "normalized score (0: base, 1: expert)" if normalized else "return"
+    _plot_curves(axes[1], result.curves, colors, label, normalized)
+    _plot_scores(axes[2], result, colors, label, normalized)
+    figure.suptitle(f"sb3-flow demo on {result.config.env_id}", fontsize=12)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _plot_modes(axes: Any, modes: ModesResult) -> None:
+    """Histograms of the two policies' sampled actions over the demonstrations' two actions, and Gaussian BC's mean."""
+    # The demonstrations' actions are two exact values: drawn as bands, since as histogram bars they would be spikes
+    # that flatten everything else.
+    for sign in (-1.0, 1.0):
+        axes.axvspan(sign * modes.mode - 0.03, sign * modes.mode + 0.03, color="0.75", zorder=0,
+                     label="demonstrations (half at each)" if sign > 0 else None)  # fmt: skip
+    bins = np.linspace(-1.0, 1.0, 41)
+    axes.hist(modes.gaussian_samples, bins=bins, density=True, histtype="step", linewidth=2, color="tab:orange",
+              label="Gaussian BC samples")  # fmt: skip
+    axes.hist(modes.flow_samples, bins=bins, density=True, histtype="step", linewidth=2, color="tab:blue",
+              label="Flow BC samples")  # fmt: skip
+    axes.axvline(modes.gaussian_mean, color="tab:orange", linestyle="--", linewidth=1.5, label="Gaussian BC mean action")
+    axes.set_xlim(-1.05, 1.05)
+    axes.set_ylim(0, axes.get_ylim()[1] * 1.35)  # room for the legend above the histograms
+    axes.set_xlabel("action")
+    axes.set_ylabel("density of sampled actions")
+    axes.set_title("Multimodal demonstrations: Gaussian BC averages\nthe two modes, Flow BC keeps both", fontsize=10)
+    axes.legend(fontsize=8, loc="upper center", ncol=2)
+
+
+def _plot_curves(
+    axes: Any, curves: dict[str, tuple[np.ndarray, ...]], colors: dict[str, Any], label: str, normalized: bool
+) -> None:
+    """IQM over seeds at each evaluation, with its 95% band, per method."""
+    for name, (steps, iqm, lower, upper) in curves.items():
+        axes.plot(steps, iqm, marker="o", markersize=3, color=colors[name], label=DEMO_METHODS[name][0])
+        axes.fill_between(steps, lower, upper, color=colors[name], alpha=0.2)
+    _reference_lines(axes, normalized, horizontal=True)
+    axes.set_xlabel("environment steps")
+    axes.set_ylabel(label)
+    axes.set_title("Learning curves from the Flow BC base\n(IQM over seeds, 95% bootstrap band)", fontsize=10)
+    axes.legend(fontsize=8)
+
+
+def _plot_scores(axes: Any, result: DemoResult, colors: dict[str, Any], label: str, normalized: bool) -> None:
+    """Each method's final score: its IQM with the 95% interval over seeds."""
+    methods = [name for name in result.config.methods if name in result.curves]
+    labels = {DEMO_METHODS[name][0]: name for name in methods}
+    rows = [row for row in result.rows if row.name in labels]
+    for position, row in enumerate(rows):
+        name = labels[row.name]
+        error = [[row.score - row.score_low], [row.score_high - row.score]]
+        axes.errorbar(row.score, position, xerr=error, fmt="o", color=colors[name], capsize=5, markersize=8)
+        # each seed's own score, just below: the interval is over these
+        seeds = result.seed_scores.get(name, [])
+        axes.scatter(seeds, [position + 0.18] * len(seeds), marker="|", s=80, color=colors[name], alpha=0.7)
+    _reference_lines(axes, normalized, horizontal=False)
+    axes.set_yticks(range(len(rows)), [row.name for row in rows])
+    axes.set_ylim(-0.7, len(rows) - 0.3)
+    axes.invert_yaxis()
+    axes.set_xlabel(f"final {label}")
+    seeds = len(result.config.seeds)
+    axes.set_title(f"After {result.config.budget} env steps\n(IQM, 95% CI over {seeds} seeds; ticks: each seed)", fontsize=10)
+
+
+def _reference_lines(axes: Any, normalized: bool, horizontal: bool) -> None:
+    """Dashed lines at the base (0) and the expert (1)."""
+    if not normalized:
+        return
+    for value, text in ((0.0, "base"), (1.0, "expert")):
+        if horizontal:
+            axes.axhline(value, linestyle="--", color="gray", linewidth=1)
+            axes.annotate(f" {text}", (0, value), xycoords=("axes fraction", "data"), va="bottom", fontsize=8, color="gray")
+        else:
+            axes.axvline(value, linestyle="--", color="gray", linewidth=1)
+            axes.annotate(f" {text}", (value, 0.01), xycoords=("data", "axes fraction"), va="bottom", fontsize=8, color="gray")

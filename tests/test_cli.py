@@ -80,58 +80,6 @@ def test_trained_expert_is_cached_and_reused(tmp_path):
     assert name == "sac"
 
 
-def test_demo_prints_the_table_and_writes_results_and_plot(tmp_path, capsys):
-    out_dir = tmp_path / "demo"
-    code = main(
-        [
-            "demo",
-            "--expert",
-            "scripted",
-            "--episodes",
-            "3",
-            "--bc-steps",
-            "30",
-            "--finetune-steps",
-            "256",
-            "--steering-steps",
-            "120",
-            "--eval-episodes",
-            "2",
-            "--out-dir",
-            str(out_dir),
-        ]
-    )
-    assert code == 0
-    printed = capsys.readouterr().out
-    rows = ["expert", "demonstrations", "Gaussian BC", "Flow BC", "FlowPPO fine-tune", "ReinFlow fine-tune"]
-    rows += ["DSRL (SAC)", "DSRL-NA", "Residual SAC"]
-    for row in rows:
-        assert row in printed
-    results = json.loads((out_dir / "results.json").read_text())
-    assert [row["name"] for row in results["rows"]] == rows
-    assert results["config"]["finetune_steps"] == 256 and results["config"]["bc_steps"] == 30
-    assert all(np.isfinite(row["mean_return"]) for row in results["rows"])
-    assert (out_dir / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert Demonstrations.load(out_dir / "demos.npz").n_episodes == 3
-
-
-def test_demo_rows_are_the_same_with_worker_processes(tmp_path):
-    from sb3_flow.demo import DemoConfig, run_demo
-
-    def rows(n_workers: int) -> list:
-        config = DemoConfig(
-            expert="scripted", n_episodes=2, bc_steps=20, finetune_steps=256, steering_steps=0, n_eval_episodes=2,
-            n_workers=n_workers, out_dir=str(tmp_path / f"w{n_workers}"),
-        )  # fmt: skip
-        return [(row.name, row.mean_return) for row in run_demo(config, progress_bar=False, log=lambda _: None).rows]
-
-    sequential, parallel = rows(1), rows(2)
-    assert [name for name, _ in parallel][-2:] == ["FlowPPO fine-tune", "ReinFlow fine-tune"]
-    assert parallel == sequential  # the workers load the saved Flow BC base: same weights, same seeds, same rows
-    with pytest.raises(ValueError, match="n_workers"):
-        run_demo(DemoConfig(expert="scripted", n_workers=0, out_dir=str(tmp_path / "bad")))
-
-
 # ----- hardening: one list of algorithms, exact detection, one-line errors, checked numbers, honest help -----
 
 
@@ -289,6 +237,9 @@ def test_expected_failures_are_one_line_and_a_non_zero_exit(case, tmp_path, save
         (["pretrain", "--demos", "d.npz", "--learning-rate", "nan"], "argument --learning-rate: must be a finite number > 0"),
         (["collect", "--action-noise", "-0.1"], "argument --action-noise: must be a finite number >= 0"),
         (["demo", "--workers", "0"], "argument --workers: must be a positive integer"),
+        (["demo", "--budget", "-5"], "argument --budget: must be a positive integer, got '-5'"),
+        (["demo", "--seeds"], "argument --seeds: expected at least one argument"),
+        (["demo", "--methods", "nope"], "argument --methods: invalid choice: 'nope'"),
         (["evaluate", "m.zip", "--algo", "unknown"], "argument --algo: invalid choice: 'unknown'"),
     ],
 )
@@ -312,8 +263,9 @@ def test_help_shows_defaults_and_the_algorithm_choices(monkeypatch, capsys):
         main(["demo", "--help"])
     demo_help = capsys.readouterr().out
     # The demo's defaults are DemoConfig's, shown as such.
-    assert f"(0: none) (default: {DemoConfig().finetune_steps})" in demo_help
+    assert f"env steps of each method and seed (default: {DemoConfig().budget})" in demo_help
     assert f"(default: {DemoConfig().expert_steps})" in demo_help
+    assert f"the comparison's seeds (default: {list(DemoConfig().seeds)})" in demo_help
 
 
 def test_collect_says_whether_it_trained_or_loaded_the_cached_expert(tmp_path, capsys):

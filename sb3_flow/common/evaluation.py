@@ -17,6 +17,24 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from sb3_flow.common.utils import check_positive_int
 
 
+class CallablePolicy:
+    """
+    A plain ``obs -> action`` callable (a scripted expert) with SB3's ``predict``, called once per observation of the
+    batch, so that it can be evaluated by the functions that take SB3 models.
+
+    :param function: the callable, for one unbatched observation
+    """
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+
+    def predict(
+        self, observation: np.ndarray, state: Any = None, episode_start: Any = None, deterministic: bool = True
+    ) -> tuple[np.ndarray, Any]:
+        actions = np.stack([np.asarray(self.function(single), dtype=np.float32) for single in observation])
+        return actions, state
+
+
 def returns_on_starts(
     model: Any,
     env_id: str,
@@ -33,7 +51,7 @@ def returns_on_starts(
     than on the policy, comparing methods on the same starts (a paired comparison) removes most of the noise. All
     episodes run at once in one VecEnv, so the policy is called once per step for the whole batch.
 
-    :param model: anything with ``predict`` (SB3 model or policy)
+    :param model: anything with ``predict`` (SB3 model or policy), or a plain ``obs -> action`` callable
     :param env_id: environment id
     :param n_starts: number of episodes / initial states
     :param first_seed: seed of the first episode's reset
@@ -45,6 +63,8 @@ def returns_on_starts(
     :return: the episode returns, shape (n_starts,)
     """
     n_starts = check_positive_int(n_starts, "n_starts")
+    if callable(model) and not hasattr(model, "predict"):
+        model = CallablePolicy(model)
     env: VecEnv = make_vec_env(env_id, n_envs=n_starts, seed=first_seed, wrapper_class=env_wrapper)
     if wrap is not None:
         env = wrap(env)

@@ -224,6 +224,12 @@ def make_report(out_dir: str | os.PathLike, reps: int = DEFAULT_REPS, seed: int 
                 "final_returns": [record["final_return"] for record in found.records],
                 "seeds": [record["seed"] for record in found.records],
                 "steps_per_second": [record["steps_per_second"] for record in found.records],
+                "wall_seconds": [record["wall_seconds"] for record in found.records],
+                # the learning curve of curves.png: the IQM over seeds at each evaluation, with its 95% band
+                "curve": {
+                    key: np.asarray(values).tolist()
+                    for key, values in zip(("steps", "iqm", "lower", "upper"), curve_bands[name], strict=True)
+                },
             }
             for name, found in finished.items()
         },
