@@ -6,27 +6,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from sb3_flow.common.demonstrations import Demonstrations
+from sb3_flow.common.toy import BimodalEnv, bimodal_demonstrations
 
-
-class BimodalEnv(gym.Env):
-    """Random 2-d observations; the reward is 1 when the 1-d action is near +0.8 or -0.8."""
-
-    def __init__(self, episode_length: int = 20):
-        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-        self.episode_length = episode_length
-        self._t = 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self._t = 0
-        return self.observation_space.sample(), {}
-
-    def step(self, action):
-        self._t += 1
-        reward = float(np.min(np.abs(np.abs(np.asarray(action)) - 0.8)) < 0.1)
-        return self.observation_space.sample(), reward, False, self._t >= self.episode_length, {}
+__all__ = ["BimodalEnv", "ChannelLastImageEnv", "DictObsEnv", "bimodal_demonstrations"]
 
 
 class DictObsEnv(gym.Env):
@@ -71,21 +53,3 @@ class ChannelLastImageEnv(gym.Env):
     def step(self, action):
         self._t += 1
         return self.observation_space.sample(), 0.0, False, self._t >= 5, {}
-
-
-def bimodal_demonstrations(n: int = 4000, seed: int = 0) -> Demonstrations:
-    """Actions +0.8 or -0.8 with equal probability in every state."""
-    rng = np.random.default_rng(seed)
-    observations = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
-    actions = (rng.choice([-0.8, 0.8], size=(n, 1))).astype(np.float32)
-    starts = np.zeros(n, dtype=bool)
-    starts[::20] = True
-    return Demonstrations(
-        observations=observations,
-        actions=actions,
-        rewards=np.ones(n, np.float32),
-        next_observations=np.roll(observations, -1, axis=0),
-        terminations=np.zeros(n, bool),
-        truncations=np.roll(starts, -1),
-        episode_starts=starts,
-    )
