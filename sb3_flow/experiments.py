@@ -73,8 +73,8 @@ class PipelineSettings:
 PENDULUM_PIPELINE = PipelineSettings()
 
 # FlowPPO fine-tuning a Pendulum FlowBC base (8 environments): FPO++'s fine-tuning recommendations (per-draw ratios,
-# a small clip range, a slow actor and a faster critic). The demo's FlowPPO row, benchmarks/fpo_finetune_pendulum.py
-# and the Zoo's flow_ppo_finetune.yml (sb3_flow/zoo/configs).
+# a small clip range, a slow actor and a faster critic). The comparison configs compare_configs/pendulum.yml and
+# finetune_pendulum.yml and the Zoo's flow_ppo_finetune.yml (sb3_flow/zoo/configs).
 FLOW_PPO_PENDULUM_FINETUNE: dict[str, Any] = {
     "n_steps": 256,
     "batch_size": 256,
@@ -89,8 +89,8 @@ FLOW_PPO_PENDULUM_FINETUNE: dict[str, Any] = {
     "ratio_mode": "per_sample",
 }
 
-# ReinFlow fine-tuning a Pendulum FlowBC base (8 environments, K = 4). The demo's ReinFlow row,
-# benchmarks/reinflow_pendulum.py and the Zoo's reinflow.yml (sb3_flow/zoo/configs).
+# ReinFlow fine-tuning a Pendulum FlowBC base (8 environments, K = 4). The comparison configs
+# compare_configs/pendulum.yml and finetune_pendulum.yml and the Zoo's reinflow.yml (sb3_flow/zoo/configs).
 REINFLOW_PENDULUM_FINETUNE: dict[str, Any] = {
     "n_steps": 256,
     "batch_size": 256,

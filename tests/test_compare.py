@@ -82,6 +82,8 @@ def no_job_started(out_dir: Path) -> bool:
         ({"methods": {"sac": {"algo": "sac", "from_base": True}}}, ConfigError, "methods.sac.from_base: sac takes no"),
         ({"methods": {"f": {**TINY_FLOW_PPO, "kwargs": {"n_stepz": 3}}}}, ConfigError, "takes no arguments ['n_stepz']"),
         ({"methods": {"f": {"algo": "flow_ppo", "preset": "NOPE"}}}, ConfigError, "methods.f.preset: preset 'NOPE'"),
+        ({"env": "NoSuchEnv-v0"}, ConfigError, "env: 'NoSuchEnv-v0' is not a registered gymnasium environment id"),
+        ({"env": 3}, ConfigError, "env: expected a gymnasium environment id"),
     ],
 )
 def test_bad_config_fails_before_any_job(base_zip, tmp_path, changes, error, message):
@@ -116,7 +118,25 @@ def test_the_example_config_loads():
     config = load_config(Path(__file__).resolve().parent.parent / "compare_configs" / "pendulum.yml")
     assert list(config.methods) == ["flow_ppo", "reinflow", "sac_dsrl", "sac_residual", "dsrl_na", "sac", "ppo"]
     assert [config.methods[name].from_base for name in config.methods] == [True] * 5 + [False] * 2
-    assert (config.budget, config.seeds, config.eval_starts, config.eval_every) == (20_000, (0, 1, 2, 3, 4), 50, 2_000)
+    assert (config.budget, config.seeds, config.eval_starts, config.eval_every) == (10_000, (0, 1, 2, 3, 4), 50, 2_000)
+
+
+def test_the_cube_config_loads(tmp_path):
+    """compare_configs/cube_single.yml: its OGBench env, methods, presets and kwargs pass the checks (its dataset is
+    made by benchmarks/compare_cube.py; here an empty stand-in at the same relative path)."""
+    pytest.importorskip("ogbench")
+    source = Path(__file__).resolve().parent.parent / "compare_configs" / "cube_single.yml"
+    folder = tmp_path / "compare_configs"
+    folder.mkdir()
+    (folder / "cube_single.yml").write_text(source.read_text())
+    dataset = (folder / yaml.safe_load(source.read_text())["base"]["dataset"]).resolve()
+    dataset.parent.mkdir(parents=True)
+    dataset.write_bytes(b"")
+    config = load_config(folder / "cube_single.yml")
+    assert config.env_id == "cube-single-singletask-task2-v0" and config.base.kind == "dataset"
+    assert [name for name, spec in config.methods.items() if not spec.from_base] == ["sac", "ppo"]
+    assert len(config.methods) == 6
+    assert config.methods["flow_ppo"].resolved_kwargs()["gamma"] == 0.99  # over the Pendulum preset's 0.9
 
 
 def test_cli_reports_a_bad_config_in_one_line(base_zip, tmp_path, capsys):
@@ -192,7 +212,7 @@ def test_failing_method_does_not_stop_the_others(base_zip, tmp_path, capsys):
     assert json.loads(result_path(out_dir, Job("flow_ppo", 0)).read_text())["status"] == "ok"
     printed = capsys.readouterr().out
     assert "[1/2 done, 1 running, 1 failed] broken seed 0: FAILED: AssertionError" in printed
-    assert "| broken | - | - | - | 0 (1 failed) | - |" in printed and "broken seed 0 failed: see" in printed
+    assert "| broken | - | - | - | - | - | 0 (1 failed) | - |" in printed and "broken seed 0 failed: see" in printed
 
     assert main(command) == 1  # the failed job runs again, the finished one does not
     assert "1 of 2 jobs finished before; running 1 (LocalLauncher)" in capsys.readouterr().out
@@ -207,6 +227,12 @@ def test_report_normalizes_between_base_and_expert(base_zip, tmp_path):
     summary = result.summary["methods"]["flow_ppo"]
     assert summary["iqm"][0] == pytest.approx(expected.mean())  # two runs: the IQM keeps both
     assert summary["final_returns"] == finals
+    curves = [json.loads(result_path(out_dir, Job("flow_ppo", seed)).read_text())["curve"] for seed in (0, 1)]
+    lowest = [min(value for _, value in curve) for curve in curves]
+    assert summary["lowest_checkpoint_returns"] == lowest
+    row = next(line for line in result.markdown.splitlines() if line.startswith("| flow_ppo |")).split(" | ")
+    assert row[4] == f"{expected[0]:.2f}, {expected[1]:.2f}"  # each seed's normalized final score
+    assert row[5] == f"{np.mean(lowest):.1f}"
     for name in ("report.md", "summary.json", "curves.png", "aggregates.png", "profile.png"):
         assert (out_dir / "report" / name).stat().st_size > 0
     assert report(out_dir, reps=REPS).markdown == result.markdown  # the same files and seed: the same report
@@ -299,3 +325,13 @@ def test_statistics_are_reproducible_and_normalization_is_base_to_expert():
     assert np.random.random() == expected  # the caller's global generator is left as it was
     np.testing.assert_allclose(normalize([-1000.0, -600.0, -200.0], base_return=-1000.0, expert_return=-200.0), [0, 0.5, 1])
     np.testing.assert_allclose(normalize([-600.0], base_return=None, expert_return=-200.0), [-600.0])  # raw
+
+
+def test_normalized_plots_cut_far_below_base_baselines():
+    from sb3_flow.compare.reporting import SCORE_FLOOR, score_axis_limits
+
+    assert score_axis_limits(True, -0.5, 0.8) is None  # everything in view: matplotlib's own range
+    assert score_axis_limits(False, -1500.0, -140.0) is None  # raw returns are never cut
+    low, high = score_axis_limits(True, -100.0, 0.7)  # PPO from scratch at -100 beside methods near the base
+    assert low == SCORE_FLOOR and 1.0 < high < 1.5  # the base (0) and the expert (1) both in view
+    assert score_axis_limits(True, -3.0, 2.0)[1] > 2.0  # a method past the expert stays in view

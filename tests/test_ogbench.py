@@ -1,5 +1,6 @@
 """OGBench datasets generated here from OGBench's oracles (sb3_flow.common.ogbench); skipped without ogbench."""
 
+import json
 import sys
 import warnings
 
@@ -189,3 +190,26 @@ def test_task_directed_data_end_where_the_task_is_solved(ogbench):
     assert not np.array_equal(noisy.actions[:10], data.actions[:10]) and np.all(np.abs(noisy.actions) <= 1.0)
     with pytest.raises(ValueError, match="p_random_action"):
         collect_ogbench_task_dataset(NAME, n_episodes=1, p_random_action=1.5)
+
+
+def test_compare_runs_an_ogbench_env_in_spawned_workers(ogbench, tmp_path):
+    """An OGBench id in a comparison: registered by the config check here and again in each spawned worker, which
+    has not imported ogbench (the job builds, trains and evaluates on the sparse-reward task)."""
+    from sb3_flow.compare import compare
+    from sb3_flow.compare.jobs import Job, result_path
+
+    config = {
+        "env": "cube-single-singletask-task2-v0",
+        "budget": 64,
+        "seeds": [0, 1],
+        "eval_starts": 2,
+        "eval_every": 64,
+        "methods": {"sac": {"algo": "sac", "kwargs": {"learning_starts": 32, "batch_size": 16}}},
+    }
+    compare(config, tmp_path, workers=2, reps=10, log=lambda line: None)
+    for seed in (0, 1):
+        record = json.loads(result_path(tmp_path, Job("sac", seed)).read_text())
+        assert record["status"] == "ok", record.get("traceback")
+        assert record["env_steps"] == 64
+        # -1 per step until the cube is at the goal: an untrained agent fails both 200-step episodes
+        assert record["final_returns"] == [-200.0, -200.0]

@@ -55,6 +55,22 @@ def _import_ogbench() -> Any:
     return ogbench
 
 
+def register_ogbench_envs(env_id: str) -> None:
+    """
+    Make an OGBench environment id usable with ``gymnasium.make`` (and so with ``make_vec_env`` and every SB3
+    constructor given the id): OGBench registers its environments when ``ogbench`` is imported, which each process that
+    builds one must do. Does nothing for an id gymnasium already knows or one that is not OGBench's (no ``singletask``
+    part), so it can be called on any id.
+
+    :param env_id: a gymnasium id, e.g. ``cube-single-singletask-task2-v0`` (the environment of the dataset name
+        ``cube-single-play-singletask-task2-v0``)
+    :raises ImportError: for an OGBench id when ogbench is not installed
+    """
+    if env_id in gym.registry or "singletask" not in env_id.split("-"):
+        return
+    _import_ogbench()
+
+
 @dataclass(frozen=True)
 class OGBenchName:
     """

@@ -12,8 +12,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import gymnasium
+
 from sb3_flow import experiments
 from sb3_flow.common.files import existing_file
+from sb3_flow.common.ogbench import register_ogbench_envs
 from sb3_flow.common.utils import check_finite_number, check_positive_int
 from sb3_flow.registry import all_algorithms
 
@@ -236,6 +239,7 @@ def check_config(config: CompareConfig) -> None:
 
     :raises ConfigError: naming the field
     """
+    check_env_id(config.env_id)
     _checked(check_positive_int, config.budget, "budget")
     if not isinstance(config.seeds, (tuple, list)) or not config.seeds:
         raise ConfigError(f"seeds: expected a non-empty list of integers, got {config.seeds!r}")
@@ -254,6 +258,26 @@ def check_config(config: CompareConfig) -> None:
         raise ConfigError("methods: expected a mapping of method names to their settings, with at least one method")
     for spec in config.methods.values():
         _check_method(spec, config.base)
+
+
+def check_env_id(env_id: Any) -> None:
+    """
+    The ``env:`` entry names an environment gymnasium can build; an OGBench id (``cube-single-singletask-task2-v0``)
+    is registered first by importing ogbench (every process that builds the environment does the same).
+    An id with a module prefix (``module:EnvId``) is left to gymnasium, which imports the module when it builds it.
+
+    :raises ConfigError: for anything else
+    """
+    if not isinstance(env_id, str) or not env_id:
+        raise ConfigError(f"env: expected a gymnasium environment id such as 'Pendulum-v1', got {env_id!r}")
+    if ":" in env_id:
+        return
+    try:
+        register_ogbench_envs(env_id)
+    except ImportError as error:
+        raise ConfigError(f"env: {env_id} is an OGBench environment: {error}") from error
+    if env_id not in gymnasium.registry:
+        raise ConfigError(f"env: {env_id!r} is not a registered gymnasium environment id (e.g. 'Pendulum-v1', 'Hopper-v5')")
 
 
 def _checked(check: Any, value: Any, name: str, **kwargs: Any) -> Any:

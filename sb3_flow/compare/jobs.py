@@ -26,6 +26,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 import sb3_flow
 from sb3_flow.common.evaluation import returns_on_starts
+from sb3_flow.common.ogbench import register_ogbench_envs
 from sb3_flow.common.utils import set_torch_threads, zero_init_actor
 from sb3_flow.compare.base import BASE_FILE, BASE_FOLDER, file_sha256, load_base, read_json, settings_hash, write_json_atomic
 from sb3_flow.compare.config import CompareConfig, MethodSpec, zoo_policy_kwargs
@@ -212,6 +213,7 @@ def job_record(config: CompareConfig, job: Job, base_path: str | os.PathLike | N
     }
     start = time.perf_counter()
     try:
+        register_ogbench_envs(config.env_id)  # a worker process has not imported ogbench (spawned, or a Ray node)
         base = load_base(os.fspath(base_path), config.env_id) if spec.from_base else None
         model, wrap = build_model(config, spec, job.seed, base)
         result = train_with_curve(model, config, wrap)

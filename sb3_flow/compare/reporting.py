@@ -50,6 +50,10 @@ class Report:
     summary: dict[str, Any]
 
 
+# Normalized plots show scores from here up when a run falls further below the base (the tables keep every value).
+SCORE_FLOOR = -1.0
+
+
 def read_sweep(out_dir: str | os.PathLike) -> dict[str, Any]:
     """
     The sweep's ``sweep.json`` (its config, references and the settings hash of every job).
@@ -116,11 +120,19 @@ def _header(config: dict[str, Any], references: dict[str, Any], normalized: bool
     return lines
 
 
-def _method_table(runs: dict[str, MethodRuns], aggregates: dict[str, dict[str, Interval]], normalized: bool) -> list[str]:
+def _method_table(
+    runs: dict[str, MethodRuns],
+    aggregates: dict[str, dict[str, Interval]],
+    normalized: bool,
+    base: float | None,
+    expert: float | None,
+) -> list[str]:
     digits = 2 if normalized else 1
+    score = "score" if normalized else "return"
     lines = [
-        "| method | IQM [95% CI] | mean [95% CI] | final return mean ± std | seeds | env steps/s |",
-        "|---|---|---|---|---|---|",
+        f"| method | IQM [95% CI] | mean [95% CI] | final return mean ± std | final {score} per seed | lowest checkpoint "
+        "return, mean over seeds | seeds | env steps/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, found in runs.items():
         seeds = f"{len(found.records)}"
@@ -129,15 +141,22 @@ def _method_table(runs: dict[str, MethodRuns], aggregates: dict[str, dict[str, I
         if found.missing:
             seeds += f" ({len(found.missing)} not run)"
         if not found.records:
-            lines.append(f"| {name} | - | - | - | {seeds} | - |")
+            lines.append(f"| {name} | - | - | - | - | - | {seeds} | - |")
             continue
         finals = [record["final_return"] for record in found.records]
+        per_seed = ", ".join(f"{value:.{digits}f}" for value in normalize(np.array(finals), base, expert))
         speed = np.mean([record["steps_per_second"] for record in found.records])
         lines.append(
             f"| {name} | {_cell(aggregates[name]['iqm'], digits)} | {_cell(aggregates[name]['mean'], digits)} | "
-            f"{np.mean(finals):.1f} ± {np.std(finals):.1f} | {seeds} | {speed:.0f} |"
+            f"{np.mean(finals):.1f} ± {np.std(finals):.1f} | {per_seed} | {np.mean(lowest_checkpoints(found.records)):.1f} "
+            f"| {seeds} | {speed:.0f} |"
         )
     return lines
+
+
+def lowest_checkpoints(records: list[dict[str, Any]]) -> list[float]:
+    """Each run's lowest evaluated return, its starting point included: how far a method dips before it improves."""
+    return [min(value for _, value in record["curve"]) for record in records]
 
 
 def _improvement_table(improvement: dict[tuple[str, str], Interval]) -> list[str]:
@@ -202,7 +221,7 @@ def make_report(out_dir: str | os.PathLike, reps: int = DEFAULT_REPS, seed: int 
     _plot_aggregates(aggregates, files["aggregates"], label, colors)
     _plot_profile(profiles, profile_bands, taus, files["profile"], label, colors)
 
-    lines = [*_header(config, references, normalized), "", *_method_table(runs, aggregates, normalized)]
+    lines = [*_header(config, references, normalized), "", *_method_table(runs, aggregates, normalized, base, expert)]
     if pairs:
         lines += ["", "Probability of improvement (a run of X scores higher than a run of Y; 0.5: no difference):", ""]
         lines += _improvement_table(improvement)
@@ -222,6 +241,7 @@ def make_report(out_dir: str | os.PathLike, reps: int = DEFAULT_REPS, seed: int 
             name: {
                 **aggregates[name],
                 "final_returns": [record["final_return"] for record in found.records],
+                "lowest_checkpoint_returns": lowest_checkpoints(found.records),
                 "seeds": [record["seed"] for record in found.records],
                 "steps_per_second": [record["steps_per_second"] for record in found.records],
                 "wall_seconds": [record["wall_seconds"] for record in found.records],
@@ -258,6 +278,22 @@ def _colors(names: list[str]) -> dict[str, Any]:
     return dict(zip(names, sns.color_palette("colorblind", n_colors=len(names)), strict=True))
 
 
+def score_axis_limits(normalized: bool, lowest: float, highest: float) -> tuple[float, float] | None:
+    """
+    The score axis of a plot, or None to let matplotlib choose: normalized scores below :data:`SCORE_FLOOR` (a baseline
+    from scratch far below a base that nearly solves the task, e.g. PPO at -100) would flatten every method that
+    starts from the base into one line, so such a plot shows from the floor up (its label says so).
+
+    :param normalized: whether the scores are normalized between the base and the expert
+    :param lowest: the lowest value plotted (a band's lower edge)
+    :param highest: the highest value plotted
+    """
+    if not normalized or lowest >= SCORE_FLOOR:
+        return None
+    top = max(1.0, highest)
+    return SCORE_FLOOR, top + 0.1 * (top - SCORE_FLOOR)
+
+
 def _plot_curves(
     curves: dict[str, tuple[np.ndarray, ...]], path: str, env_id: str, label: str, colors: dict[str, Any]
 ) -> None:
@@ -271,6 +307,14 @@ def _plot_curves(
         for value, text in ((0.0, "base"), (1.0, "expert")):
             axes.axhline(value, linestyle="--", color="gray", linewidth=1)
             axes.text(0, value, f" {text}", va="bottom", fontsize=8, color="gray")
+    limits = score_axis_limits(
+        label == "normalized score",
+        min(float(np.min(lower)) for _, _, lower, _ in curves.values()),
+        max(float(np.max(upper)) for *_, upper in curves.values()),
+    )
+    if limits is not None:
+        axes.set_ylim(*limits)
+        label = f"{label}, cut at {SCORE_FLOOR:g}"
     axes.set_xlabel("environment steps")
     axes.set_ylabel(f"IQM {label} (95% CI)")
     axes.set_title(f"Sample efficiency on {env_id}")
@@ -290,10 +334,23 @@ def _plot_aggregates(aggregates: dict[str, dict[str, Interval]], path: str, labe
         name: np.array([[values["iqm"][1], values["mean"][1]], [values["iqm"][2], values["mean"][2]]])
         for name, values in aggregates.items()
     }
+    normalized = label == "normalized score"
+    below = [name for name, bounds in intervals.items() if normalized and bounds.max() < SCORE_FLOOR]
+    limits = score_axis_limits(
+        normalized,
+        min(float(bounds.min()) for bounds in intervals.values()),
+        max(float(bounds.max()) for bounds in intervals.values()),
+    )
+    xlabel = f"final {label} (95% CI)"
+    if limits is not None:
+        xlabel += f", cut at {SCORE_FLOOR:g}" + (f" ({', '.join(below)} below)" if below else "")
     figure, _ = plot_utils.plot_interval_estimates(
         points, intervals, metric_names=["IQM", "Mean"], algorithms=list(reversed(aggregates)), colors=colors,
-        xlabel=f"final {label} (95% CI)", xlabel_y_coordinate=-0.5 / max(len(aggregates), 1) - 0.25,
+        xlabel=xlabel, xlabel_y_coordinate=-0.5 / max(len(aggregates), 1) - 0.25,
     )  # fmt: skip
+    if limits is not None:
+        for axes in figure.axes:  # as in the curves: far-below-base baselines run off the left edge
+            axes.set_xlim(*limits)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
 

@@ -1,0 +1,67 @@
+"""
+The comparison where the base matters (issue 15): OGBench cube-single task 2, sparse reward, every method that starts
+from a FlowBC base beside SAC and PPO from scratch, through ``sb3-flow compare`` with ``compare_configs/cube_single.yml``.
+This script only makes the config's dataset when it is missing (``benchmarks.offline_rl.cube_dataset``: 10 play
+episodes of OGBench's scripted oracle + 50 task-directed oracle episodes, seed 0; needs the ``[ogbench]`` extra), runs
+the comparison, and prints each method's success rate, which the report's returns imply (an episode succeeds when it
+ends before its 200 steps: return > -200), from the same job files.
+
+    python -m benchmarks.compare_cube [--out benchmark_output/compare/cube_single] [--workers 2] [--launcher ray]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.offline_rl import cube_dataset
+from sb3_flow.compare import compare
+from sb3_flow.compare.base import read_json
+from sb3_flow.compare.config import import_yaml, load_config
+
+CONFIG = Path(__file__).resolve().parents[1] / "compare_configs" / "cube_single.yml"
+FAILED_RETURN = -200.0  # -1 on each of the 200 steps: the cube never reached the goal
+
+
+def make_dataset(path: Path) -> None:
+    """The mixed cube-single dataset of the FQL / Q-chunking benchmarks, saved where the config reads it."""
+    if path.is_file():
+        return
+    demos = cube_dataset(str(path.parent), play_episodes=10, task_episodes=50)
+    print(demos.summary(), flush=True)
+    demos.save(path)
+
+
+def success_rates(out_dir: Path) -> None:
+    """Per method: the success rate (%) on the 50 fixed starts at the end, mean and per seed; the base's beside."""
+    references = read_json(out_dir / "base" / "references.json")["references"]
+    base = 100 * np.mean(np.array(references["base_returns"]) > FAILED_RETURN)
+    print("\n| method | success rate at the end (%), mean over seeds | per seed |\n|---|---|---|")
+    print(f"| FlowBC base | {base:.0f} | |")
+    for folder in sorted(Path(out_dir, "jobs").iterdir()):
+        rates = [
+            100 * np.mean(np.array(read_json(path)["final_returns"]) > FAILED_RETURN)
+            for path in sorted(folder.glob("seed_*.json"))
+            if not path.name.endswith(".error.json")
+        ]
+        if rates:
+            print(f"| {folder.name} | {np.mean(rates):.0f} | {', '.join(f'{rate:.0f}' for rate in rates)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmark_output/compare/cube_single")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--launcher", choices=("local", "ray"), default="local")
+    args = parser.parse_args()
+    # The dataset must exist before the config is read (the config check looks for it): its path is the config's.
+    dataset = import_yaml().safe_load(CONFIG.read_text(encoding="utf-8"))["base"]["dataset"]
+    make_dataset((CONFIG.parent / dataset).resolve())
+    compare(load_config(CONFIG), args.out, launcher=args.launcher, workers=args.workers)
+    success_rates(Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
