@@ -84,6 +84,7 @@ def no_job_started(out_dir: Path) -> bool:
         ({"methods": {"f": {"algo": "flow_ppo", "preset": "NOPE"}}}, ConfigError, "methods.f.preset: preset 'NOPE'"),
         ({"env": "NoSuchEnv-v0"}, ConfigError, "env: 'NoSuchEnv-v0' is not a registered gymnasium environment id"),
         ({"env": 3}, ConfigError, "env: expected a gymnasium environment id"),
+        ({"eval_envs": 0}, ConfigError, "eval_envs must be a positive integer, got 0"),
     ],
 )
 def test_bad_config_fails_before_any_job(base_zip, tmp_path, changes, error, message):
@@ -135,7 +136,7 @@ def test_the_cube_config_loads(tmp_path):
     config = load_config(folder / "cube_single.yml")
     assert config.env_id == "cube-single-singletask-task2-v0" and config.base.kind == "dataset"
     assert [name for name, spec in config.methods.items() if not spec.from_base] == ["sac", "ppo"]
-    assert len(config.methods) == 6
+    assert len(config.methods) == 6 and config.eval_envs == 10
     assert config.methods["flow_ppo"].resolved_kwargs()["gamma"] == 0.99  # over the Pendulum preset's 0.9
 
 

@@ -168,6 +168,10 @@ def test_returns_on_starts_replays_the_same_initial_states(pendulum_demos):
         expected.append(total)
     returns = returns_on_starts(policy, "Pendulum-v1", 3, first_seed=3)
     np.testing.assert_allclose(np.sort(returns), np.sort(expected), rtol=1e-4)
+    # in groups of at most 2 environments (memory-heavy envs): the same starts, in order
+    np.testing.assert_allclose(returns_on_starts(policy, "Pendulum-v1", 3, first_seed=3, max_envs=2), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="max_envs must be a positive integer"):
+        returns_on_starts(policy, "Pendulum-v1", 3, max_envs=0)
     # The demonstrations were collected from seeds 0..19 too: their starts are what the paired comparison replays.
     first_obs = [pendulum_demos.observations[i * 200] for i in range(3)]
     np.testing.assert_allclose(first_obs[0], gym.make("Pendulum-v1").reset(seed=0)[0])

@@ -44,6 +44,7 @@ def returns_on_starts(
     wrap: Any = None,
     env_wrapper: Any = None,
     deterministic: bool = True,
+    max_envs: int | None = None,
 ) -> np.ndarray:
     """
     Deterministic (by default) returns of ``n_starts`` episodes whose initial states are fixed: episode ``i`` starts from
@@ -60,21 +61,29 @@ def returns_on_starts(
     :param env_wrapper: optional callable gym.Env -> gym.Env applied to each env outside its Monitor (e.g. an
         ``ActionChunkWrapper`` for a policy that acts in chunks): the returns stay the environment's own
     :param deterministic: passed to ``predict``; False gives the policy's own noise (seeded only through the model)
+    :param max_envs: at most this many episodes (environments) at once, the starts taken in order in groups of this
+        size; default: all at once. For environments that hold much memory each (an OGBench cube env about 230 MB)
     :return: the episode returns, shape (n_starts,)
     """
     n_starts = check_positive_int(n_starts, "n_starts")
+    chunk = n_starts if max_envs is None else min(check_positive_int(max_envs, "max_envs"), n_starts)
     if callable(model) and not hasattr(model, "predict"):
         model = CallablePolicy(model)
-    env: VecEnv = make_vec_env(env_id, n_envs=n_starts, seed=first_seed, wrapper_class=env_wrapper)
-    if wrap is not None:
-        env = wrap(env)
-    if vec_normalize is not None:
-        env = VecNormalize(env, training=False, norm_reward=False)
-        env.obs_rms = vec_normalize.obs_rms
-    returns, _ = evaluate_policy(
-        model, env, n_eval_episodes=n_starts, deterministic=deterministic, return_episode_rewards=True
-    )
-    env.close()
+    returns: list[float] = []
+    for first in range(0, n_starts, chunk):
+        # episode i is still reset with seed first_seed + i: make_vec_env seeds its env j with seed + j
+        size = min(chunk, n_starts - first)
+        env: VecEnv = make_vec_env(env_id, n_envs=size, seed=first_seed + first, wrapper_class=env_wrapper)
+        if wrap is not None:
+            env = wrap(env)
+        if vec_normalize is not None:
+            env = VecNormalize(env, training=False, norm_reward=False)
+            env.obs_rms = vec_normalize.obs_rms
+        chunk_returns, _ = evaluate_policy(
+            model, env, n_eval_episodes=size, deterministic=deterministic, return_episode_rewards=True
+        )
+        env.close()
+        returns.extend(chunk_returns)
     return np.asarray(returns, dtype=np.float64)
 
 

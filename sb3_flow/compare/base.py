@@ -130,7 +130,9 @@ def load_base(path: str, env_id: str) -> FlowPolicy:
 
 
 def _evaluate(model: Any, config: CompareConfig) -> list[float]:
-    returns = returns_on_starts(model, config.env_id, config.eval_starts, first_seed=config.eval_first_seed)
+    returns = returns_on_starts(
+        model, config.env_id, config.eval_starts, first_seed=config.eval_first_seed, max_envs=config.eval_envs
+    )
     return [float(value) for value in returns]
 
 

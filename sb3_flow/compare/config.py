@@ -37,6 +37,7 @@ CONFIG_KEYS = (
     "eval_starts",
     "eval_every",
     "eval_first_seed",
+    "eval_envs",
 )
 
 
@@ -124,6 +125,8 @@ class CompareConfig:
         (:func:`~sb3_flow.common.evaluation.returns_on_starts`)
     :param eval_every: environment steps between evaluations (and one at step 0)
     :param eval_first_seed: reset seed of the first start (10000: away from the demonstrations' episodes, seeded from 0)
+    :param eval_envs: at most this many evaluation episodes at once (default: all starts in one batch); for
+        environments that hold much memory each, such as OGBench's (about 230 MB per cube env)
     """
 
     env_id: str
@@ -136,6 +139,7 @@ class CompareConfig:
     eval_starts: int = 50
     eval_every: int = 10_000
     eval_first_seed: int = 10_000
+    eval_envs: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (written to the output folder's ``config.json``)."""
@@ -214,7 +218,7 @@ def config_from_dict(data: dict[str, Any], root: str | os.PathLike = ".") -> Com
     methods = data["methods"]
     if not isinstance(methods, dict) or not methods:
         raise ConfigError("methods: expected a mapping of method names to their settings, with at least one method")
-    evaluation = {key: data[key] for key in ("eval_starts", "eval_every", "eval_first_seed") if key in data}
+    evaluation = {key: data[key] for key in ("eval_starts", "eval_every", "eval_first_seed", "eval_envs") if key in data}
     expert = data.get("expert")
     if expert is not None and expert != "pipeline":
         expert = _existing(expert, root, "expert", ".zip", "saved expert model")
@@ -249,6 +253,8 @@ def check_config(config: CompareConfig) -> None:
         raise ConfigError(f"seeds: each seed once, got {list(config.seeds)}")
     _checked(check_positive_int, config.eval_starts, "eval_starts")
     _checked(check_positive_int, config.eval_first_seed, "eval_first_seed", minimum=0)
+    if config.eval_envs is not None:
+        _checked(check_positive_int, config.eval_envs, "eval_envs")
     every = _checked(check_positive_int, config.eval_every, "eval_every")
     if every > config.budget:
         raise ConfigError(f"eval_every: must be at most the budget ({config.budget} env steps), got {every}")

@@ -96,7 +96,13 @@ def job_settings(config: CompareConfig, job: Job, base_sha256: str | None) -> di
         "method": {**asdict(spec), "resolved_kwargs": spec.resolved_kwargs()},
         "base_sha256": base_sha256 if spec.from_base else None,
         "budget": config.budget,
-        "evaluation": {"starts": config.eval_starts, "every": config.eval_every, "first_seed": config.eval_first_seed},
+        "evaluation": {
+            "starts": config.eval_starts,
+            "every": config.eval_every,
+            "first_seed": config.eval_first_seed,
+            # only when set, so that the files of configs without it keep their hash
+            **({"envs": config.eval_envs} if config.eval_envs is not None else {}),
+        },
         "seed": job.seed,
     }
 
@@ -160,6 +166,7 @@ def _mean_return(model: BaseAlgorithm, config: CompareConfig, wrap: Callable[[An
         first_seed=config.eval_first_seed,
         vec_normalize=model.get_vec_normalize_env(),
         wrap=wrap,
+        max_envs=config.eval_envs,
     )
 
 
