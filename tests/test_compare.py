@@ -219,6 +219,35 @@ def test_failing_method_does_not_stop_the_others(base_zip, tmp_path, capsys):
     assert "1 of 2 jobs finished before; running 1 (LocalLauncher)" in capsys.readouterr().out
 
 
+def test_a_killed_worker_costs_no_other_job(base_zip, tmp_path):
+    """A worker killed mid-sweep (as by the OOM killer) breaks the process pool under every job in it: those run
+    again in new workers, and every job ends with its result, none recorded as failed."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+
+    out_dir, lines = tmp_path / "out", []
+    config = tiny_config(base_zip, seeds=[0, 1, 2, 3])
+    sweep = threading.Thread(target=lambda: compare(config, out_dir, workers=2, reps=10, log=lines.append))
+    sweep.start()
+    first = result_path(out_dir, Job("flow_ppo", 0))
+    deadline = time.monotonic() + 120
+    while not first.exists() and not any(result_path(out_dir, Job("flow_ppo", s)).exists() for s in (1, 2, 3)):
+        assert sweep.is_alive() and time.monotonic() < deadline, f"no job finished: {lines}"
+        time.sleep(0.02)
+    workers = multiprocessing.active_children()
+    assert workers, "no worker process to kill"
+    os.kill(workers[0].pid, signal.SIGKILL)  # 3 jobs left for 2 workers: it was running one
+    sweep.join(timeout=300)
+    assert not sweep.is_alive()
+    assert any(line.startswith("a worker process died: running") for line in lines), lines
+    for seed in range(4):
+        assert json.loads(result_path(out_dir, Job("flow_ppo", seed)).read_text())["status"] == "ok"
+        assert not error_path(out_dir, Job("flow_ppo", seed)).exists()
+    assert not any("failed]" in line and " 0 failed]" not in line for line in lines), lines
+
+
 def test_report_normalizes_between_base_and_expert(base_zip, tmp_path):
     out_dir = tmp_path / "out"
     result = compare(tiny_config(base_zip, seeds=[0, 1]), out_dir, workers=1, reps=REPS, log=lambda line: None)

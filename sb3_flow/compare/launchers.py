@@ -13,6 +13,7 @@ import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ from sb3_flow.compare.config import CompareConfig
 from sb3_flow.compare.jobs import Job, base_file, crash_record, job_record, one_torch_thread, run_job, write_record
 
 RAY_INSTALL_HINT = "pip install 'sb3-flow[ray]'"
+# How many times a job runs again after a worker died under it (its own or another job's worker: a broken pool fails
+# every job in it); past that it is recorded as crashed.
+POOL_RESTARTS = 2
 
 
 class Progress:
@@ -101,11 +105,28 @@ class LocalLauncher(Launcher):
     def _run_in_processes(
         self, config: CompareConfig, jobs: list[Job], out_dir: str | os.PathLike, progress: Progress
     ) -> None:
+        # A worker that dies (killed, out of memory) breaks the whole pool: every job still in it fails with
+        # BrokenProcessPool, not only the one that died. Those jobs run again in a fresh pool, each at most
+        # POOL_RESTARTS times, so one memory-hungry job does not cost the sweep every job queued beside it.
+        restarts: dict[Job, int] = {}
+        while jobs:
+            jobs = self._run_pool(config, jobs, out_dir, progress, restarts)
+
+    def _run_pool(
+        self,
+        config: CompareConfig,
+        jobs: list[Job],
+        out_dir: str | os.PathLike,
+        progress: Progress,
+        restarts: dict[Job, int],
+    ) -> list[Job]:
+        """Run ``jobs`` in one pool; return those to run again because the pool broke under them."""
         # spawn, not fork: a forked copy of a process that already ran torch can hang in its thread pool.
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(jobs)), mp_context=context, initializer=_worker_init)
         futures: dict[Future, Job] = {pool.submit(run_job, config, job.method, job.seed, out_dir): job for job in jobs}
         pending = set(futures)
+        again: list[Job] = []
         try:
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -113,7 +134,14 @@ class LocalLauncher(Launcher):
                     job = futures[future]
                     try:
                         record = future.result()
-                    except Exception:  # the worker died (killed, out of memory): the job's own errors come as records
+                    except BrokenProcessPool:
+                        if restarts.get(job, 0) < POOL_RESTARTS:
+                            restarts[job] = restarts.get(job, 0) + 1
+                            again.append(job)
+                            continue
+                        record = crash_record(config, job, _base_or_none(config, out_dir), traceback.format_exc())
+                        write_record(out_dir, record)
+                    except Exception:  # the job's own errors come as records: this is the launcher's
                         record = crash_record(config, job, _base_or_none(config, out_dir), traceback.format_exc())
                         write_record(out_dir, record)
                     # (a pool queues one job more than it has workers, and counts it as running)
@@ -126,6 +154,9 @@ class LocalLauncher(Launcher):
                 process.terminate()
             raise
         pool.shutdown()
+        if again:
+            progress.log(f"a worker process died: running {len(again)} job(s) again in new workers")
+        return again
 
 
 def _ray_job(config: CompareConfig, job: Job, base_bytes: bytes | None) -> dict[str, Any]:
