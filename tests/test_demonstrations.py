@@ -167,7 +167,7 @@ def test_returns_on_starts_replays_the_same_initial_states(pendulum_demos):
             done = terminated or truncated
         expected.append(total)
     returns = returns_on_starts(policy, "Pendulum-v1", 3, first_seed=3)
-    np.testing.assert_allclose(np.sort(returns), np.sort(expected), rtol=1e-4)
+    np.testing.assert_allclose(returns, expected, rtol=1e-4)
     # in groups of at most 2 environments (memory-heavy envs): the same starts, in order
     np.testing.assert_allclose(returns_on_starts(policy, "Pendulum-v1", 3, first_seed=3, max_envs=2), expected, rtol=1e-4)
     with pytest.raises(ValueError, match="max_envs must be a positive integer"):
@@ -175,6 +175,30 @@ def test_returns_on_starts_replays_the_same_initial_states(pendulum_demos):
     # The demonstrations were collected from seeds 0..19 too: their starts are what the paired comparison replays.
     first_obs = [pendulum_demos.observations[i * 200] for i in range(3)]
     np.testing.assert_allclose(first_obs[0], gym.make("Pendulum-v1").reset(seed=0)[0])
+
+
+def test_returns_on_starts_lists_returns_by_start_when_episodes_end_in_another_order():
+    import gymnasium as gym
+
+    from sb3_flow.common.evaluation import returns_on_starts
+
+    class AlwaysLeft:
+        def predict(self, observation, state=None, episode_start=None, deterministic=True):
+            return np.zeros(len(observation), dtype=np.int64), state
+
+    # CartPole pushed left falls after 11, 10, 9, 9, 8 steps from starts 0..4: the last start's episode ends first
+    env = gym.make("CartPole-v1")
+    expected = []
+    for seed in range(5):
+        env.reset(seed=seed)
+        done, length = False, 0
+        while not done:
+            _, _, terminated, truncated, _ = env.step(0)
+            length, done = length + 1, terminated or truncated
+        expected.append(float(length))
+    assert expected != sorted(expected)  # the order in which the episodes end is not the starts' order
+    np.testing.assert_array_equal(returns_on_starts(AlwaysLeft(), "CartPole-v1", 5), expected)
+    np.testing.assert_array_equal(returns_on_starts(AlwaysLeft(), "CartPole-v1", 5, max_envs=2), expected)
 
 
 def test_an_expert_returning_nan_stops_collection_with_a_clear_error():

@@ -63,7 +63,8 @@ def returns_on_starts(
     :param deterministic: passed to ``predict``; False gives the policy's own noise (seeded only through the model)
     :param max_envs: at most this many episodes (environments) at once, the starts taken in order in groups of this
         size; default: all at once. For environments that hold much memory each (an OGBench cube env about 230 MB)
-    :return: the episode returns, shape (n_starts,)
+    :return: the episode returns, shape (n_starts,), in the starts' order (episode ``i`` at index ``i``, whatever
+        order the episodes ended in)
     """
     n_starts = check_positive_int(n_starts, "n_starts")
     chunk = n_starts if max_envs is None else min(check_positive_int(max_envs, "max_envs"), n_starts)
@@ -79,12 +80,40 @@ def returns_on_starts(
         if vec_normalize is not None:
             env = VecNormalize(env, training=False, norm_reward=False)
             env.obs_rms = vec_normalize.obs_rms
-        chunk_returns, _ = evaluate_policy(
-            model, env, n_eval_episodes=size, deterministic=deterministic, return_episode_rewards=True
-        )
+        returns.extend(_one_episode_per_env(model, env, size, deterministic))
         env.close()
-        returns.extend(chunk_returns)
     return np.asarray(returns, dtype=np.float64)
+
+
+def _one_episode_per_env(model: Any, env: VecEnv, n_envs: int, deterministic: bool) -> list[float]:
+    """
+    One episode in each of the ``n_envs`` environments, its return listed at the environment's index.
+
+    SB3's ``evaluate_policy`` lists the returns in the order the episodes end: where episode lengths differ (a
+    success ends an OGBench episode early) that order is not the starts' order, and a paired comparison would pair
+    the wrong episodes. Its callback sees which environment each counted episode came from.
+    """
+    finished_envs: list[int] = []
+
+    def note_finished_env(local_vars: dict[str, Any], _globals: dict[str, Any]) -> None:
+        # evaluate_policy counts an episode where done is set and Monitor's "episode" entry is in the info
+        if local_vars["done"] and "episode" in local_vars["info"]:
+            finished_envs.append(int(local_vars["i"]))
+
+    episode_returns, _ = evaluate_policy(
+        model,
+        env,
+        n_eval_episodes=n_envs,
+        deterministic=deterministic,
+        return_episode_rewards=True,
+        callback=note_finished_env,
+    )
+    if sorted(finished_envs) != list(range(n_envs)):
+        raise RuntimeError(f"expected one episode from each of the {n_envs} environments, got them from {finished_envs}")
+    by_env = [0.0] * n_envs
+    for env_index, episode_return in zip(finished_envs, episode_returns, strict=True):
+        by_env[env_index] = float(episode_return)
+    return by_env
 
 
 def evaluate_episodes(policy: Any, env_id: str, n_episodes: int, seed: int) -> tuple[float, float]:
