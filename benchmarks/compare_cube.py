@@ -7,6 +7,7 @@ the comparison, and prints each method's success rate, which the report's return
 ends before its 200 steps: return > -200), from the same job files.
 
     python -m benchmarks.compare_cube [--out benchmark_output/compare/cube_single] [--workers 2] [--launcher ray]
+    python -m benchmarks.compare_cube --report     # the success table of the jobs finished so far
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 from benchmarks.offline_rl import cube_dataset
 from sb3_flow.compare import compare
 from sb3_flow.compare.base import read_json
-from sb3_flow.compare.config import import_yaml, load_config
+from sb3_flow.compare.config import CompareConfig, import_yaml, load_config
+from sb3_flow.compare.jobs import Job, is_finished, result_path
 
 CONFIG = Path(__file__).resolve().parents[1] / "compare_configs" / "cube_single.yml"
 FAILED_RETURN = -200.0  # -1 on each of the 200 steps: the cube never reached the goal
@@ -34,20 +36,24 @@ def make_dataset(path: Path) -> None:
     demos.save(path)
 
 
-def success_rates(out_dir: Path) -> None:
-    """Per method: the success rate (%) on the 50 fixed starts at the end, mean and per seed; the base's beside."""
+def success_rates(config: CompareConfig, out_dir: Path) -> None:
+    """
+    Per method: the success rate (%) on the fixed starts at the end, mean and per seed, the base's beside; only from
+    job files written with the config's settings (as the compare report), so a reused folder mixes no other run.
+    """
     references = read_json(out_dir / "base" / "references.json")["references"]
     base = 100 * np.mean(np.array(references["base_returns"]) > FAILED_RETURN)
     print("\n| method | success rate at the end (%), mean over seeds | per seed |\n|---|---|---|")
     print(f"| FlowBC base | {base:.0f} | |")
-    for folder in sorted(Path(out_dir, "jobs").iterdir()):
+    for method in config.methods:
+        jobs = [Job(method, seed) for seed in config.seeds]
         rates = [
-            100 * np.mean(np.array(read_json(path)["final_returns"]) > FAILED_RETURN)
-            for path in sorted(folder.glob("seed_*.json"))
-            if not path.name.endswith(".error.json")
+            100 * np.mean(np.array(read_json(result_path(out_dir, job))["final_returns"]) > FAILED_RETURN)
+            for job in jobs
+            if is_finished(out_dir, config, job, references["base_sha256"])
         ]
         if rates:
-            print(f"| {folder.name} | {np.mean(rates):.0f} | {', '.join(f'{rate:.0f}' for rate in rates)} |")
+            print(f"| {method} | {np.mean(rates):.0f} | {', '.join(f'{rate:.0f}' for rate in rates)} |")
 
 
 def main() -> None:
@@ -55,12 +61,15 @@ def main() -> None:
     parser.add_argument("--out", default="benchmark_output/compare/cube_single")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--launcher", choices=("local", "ray"), default="local")
+    parser.add_argument("--report", action="store_true", help="only print the success table of the jobs finished so far")
     args = parser.parse_args()
     # The dataset must exist before the config is read (the config check looks for it): its path is the config's.
     dataset = import_yaml().safe_load(CONFIG.read_text(encoding="utf-8"))["base"]["dataset"]
     make_dataset((CONFIG.parent / dataset).resolve())
-    compare(load_config(CONFIG), args.out, launcher=args.launcher, workers=args.workers)
-    success_rates(Path(args.out))
+    config = load_config(CONFIG)
+    if not args.report:
+        compare(config, args.out, launcher=args.launcher, workers=args.workers)
+    success_rates(config, Path(args.out))
 
 
 if __name__ == "__main__":

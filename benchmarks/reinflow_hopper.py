@@ -23,10 +23,9 @@ import numpy as np
 
 from benchmarks.common import curve_parser, evaluate_on_starts, finetune_curves, mean_std, plot_curves, write_json
 from sb3_flow import FlowBC, ReinFlow, set_torch_threads
-from sb3_flow.experiments import REINFLOW_HOPPER_FINETUNE, PipelineSettings, pretrained_base, train_expert
+from sb3_flow.experiments import HOPPER_PIPELINE, REINFLOW_HOPPER_FINETUNE, pretrained_base, train_expert
 
-ENV_ID = "Hopper-v5"
-HOPPER_PIPELINE = PipelineSettings(env_id=ENV_ID, expert_steps=100_000, bc_steps=20_000)
+ENV_ID = HOPPER_PIPELINE.env_id
 FINETUNE = REINFLOW_HOPPER_FINETUNE
 
 

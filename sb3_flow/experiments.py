@@ -28,6 +28,7 @@ __all__ = [
     "DSRL_NOISE_BOUND",
     "EXPERT_ALGOS",
     "FLOW_PPO_PENDULUM_FINETUNE",
+    "HOPPER_PIPELINE",
     "PENDULUM_PIPELINE",
     "REINFLOW_HOPPER_FINETUNE",
     "REINFLOW_PENDULUM_FINETUNE",
@@ -71,6 +72,10 @@ class PipelineSettings:
 
 # The demo's defaults and the base of every Pendulum benchmark.
 PENDULUM_PIPELINE = PipelineSettings()
+
+# The Hopper-v5 base (benchmarks/reinflow_hopper.py, compare_configs/hopper.yml): a SAC expert of 100k steps (the
+# RL-Zoo's learning_starts), 50 noisy episodes, FlowBC for 20k gradient steps.
+HOPPER_PIPELINE = PipelineSettings(env_id="Hopper-v5", expert_steps=100_000, bc_steps=20_000)
 
 # FlowPPO fine-tuning a Pendulum FlowBC base (8 environments): FPO++'s fine-tuning recommendations (per-draw ratios,
 # a small clip range, a slow actor and a faster critic). The comparison configs compare_configs/pendulum.yml and

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from sb3_flow import experiments
 from sb3_flow.bc import FlowBC
 from sb3_flow.cli import main
 from sb3_flow.common.demonstrations import collect_demonstrations
@@ -120,6 +121,18 @@ def test_the_example_config_loads():
     assert list(config.methods) == ["flow_ppo", "reinflow", "sac_dsrl", "sac_residual", "dsrl_na", "sac", "ppo"]
     assert [config.methods[name].from_base for name in config.methods] == [True] * 5 + [False] * 2
     assert (config.budget, config.seeds, config.eval_starts, config.eval_every) == (10_000, (0, 1, 2, 3, 4), 50, 2_000)
+
+
+def test_the_hopper_config_loads_with_the_named_pipeline():
+    pytest.importorskip("mujoco")
+    config = load_config(Path(__file__).resolve().parent.parent / "compare_configs" / "hopper.yml")
+    assert config.env_id == "Hopper-v5" and config.base.pipeline == experiments.HOPPER_PIPELINE
+    assert config.base.bc_kwargs == {"n_flow_steps": 4} and config.expert == "pipeline"
+    reinflow = config.methods["reinflow"].resolved_kwargs()
+    assert reinflow["learning_rate"] == 1e-4 and reinflow["critic_learning_rate"] == 6.5e-4  # kwargs over the Hopper preset
+    pendulum = {"env": "Pendulum-v1", "budget": 10, "seeds": [0], "eval_every": 10, "methods": {"s": {"algo": "sac"}}}
+    with pytest.raises(ConfigError, match="the 'hopper' pipeline is for Hopper-v5, not env Pendulum-v1"):
+        as_config({**pendulum, "base": {"pipeline": "hopper"}})
 
 
 def test_the_cube_config_loads(tmp_path):

@@ -23,7 +23,10 @@ from sb3_flow.registry import all_algorithms
 # Steering methods: an SB3 SAC agent acting through a wrapper around the frozen base (experiments.steering_wrapper).
 STEERING_METHODS: dict[str, str] = {"sac_dsrl": "dsrl", "sac_residual": "residual"}
 # The named pipelines a base can be built with (``base: {pipeline: pendulum}``).
-PIPELINES: dict[str, experiments.PipelineSettings] = {"pendulum": experiments.PENDULUM_PIPELINE}
+PIPELINES: dict[str, experiments.PipelineSettings] = {
+    "pendulum": experiments.PENDULUM_PIPELINE,
+    "hopper": experiments.HOPPER_PIPELINE,
+}
 BASE_KINDS = ("zip", "pipeline", "dataset")
 METHOD_KEYS = ("algo", "preset", "kwargs", "wrapper_kwargs", "from_base", "n_envs", "policy")
 CONFIG_KEYS = (
