@@ -149,7 +149,7 @@ def test_the_cube_config_loads(tmp_path):
     config = load_config(folder / "cube_single.yml")
     assert config.env_id == "cube-single-singletask-task2-v0" and config.base.kind == "dataset"
     assert [name for name, spec in config.methods.items() if not spec.from_base] == ["sac", "ppo"]
-    assert len(config.methods) == 6 and config.eval_envs == 10
+    assert len(config.methods) == 7 and config.eval_envs == 10
     assert config.methods["flow_ppo"].resolved_kwargs()["gamma"] == 0.99  # over the Pendulum preset's 0.9
 
 
