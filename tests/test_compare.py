@@ -29,9 +29,11 @@ from sb3_flow.compare.launchers import Progress
 from sb3_flow.compare.stats import (
     iqm_and_mean,
     iqm_curves,
+    normalization_references,
     normalize,
     performance_profile,
     probability_of_improvement,
+    reference_gap,
 )
 
 REPS = 100  # bootstrap replications in the sweeps below: their statistics are not what those tests check
@@ -279,6 +281,20 @@ def test_report_normalizes_between_base_and_expert(base_zip, tmp_path):
     for name in ("report.md", "summary.json", "curves.png", "aggregates.png", "profile.png"):
         assert (out_dir / "report" / name).stat().st_size > 0
     assert report(out_dir, reps=REPS).markdown == result.markdown  # the same files and seed: the same report
+    # an expert that is no better than the base on these starts: raw returns, and the report says why
+    sweep = json.loads((out_dir / "sweep.json").read_text())
+    base_returns = [-160.0, -150.0, -140.0, -155.0]
+    sweep["references"].update(
+        base_returns=base_returns,
+        expert_returns=(np.array(base_returns) + np.array([3.0, -2.0, 1.0, -1.0])).tolist(),
+        base_return=-151.25,
+        expert_return=-151.0,
+    )
+    (out_dir / "sweep.json").write_text(json.dumps(sweep))
+    raw = report(out_dir, reps=REPS)
+    assert raw.summary["normalized"] is False
+    assert raw.summary["methods"]["flow_ppo"]["iqm"][0] == pytest.approx(np.mean(finals))
+    assert "within 2 standard errors" in raw.markdown
 
 
 # ----- launchers -----
@@ -368,6 +384,26 @@ def test_statistics_are_reproducible_and_normalization_is_base_to_expert():
     assert np.random.random() == expected  # the caller's global generator is left as it was
     np.testing.assert_allclose(normalize([-1000.0, -600.0, -200.0], base_return=-1000.0, expert_return=-200.0), [0, 0.5, 1])
     np.testing.assert_allclose(normalize([-600.0], base_return=None, expert_return=-200.0), [-600.0])  # raw
+
+
+def test_normalization_needs_an_expert_apart_from_the_base():
+    base = [-200.0, -150.0, -100.0, -180.0]
+    apart = {
+        "base_return": np.mean(base),
+        "expert_return": np.mean(base) + 10,
+        "base_returns": base,
+        "expert_returns": (np.array(base) + np.array([9.0, 11.0, 10.0, 10.0])).tolist(),
+    }
+    assert normalization_references(apart)[:2] == (apart["base_return"], apart["expert_return"])
+    close = {**apart, "expert_returns": (np.array(base) + np.array([19.0, -21.0, 30.0, -8.0])).tolist()}
+    close["expert_return"] = float(np.mean(close["expert_returns"]))  # 5 above the base, standard error 11.4
+    assert reference_gap(close["base_returns"], close["expert_returns"]) == pytest.approx(
+        (5.0, np.std([19, -21, 30, -8], ddof=1) / 2)
+    )
+    assert normalization_references(close)[:2] == (None, None)
+    # a number given for the expert (no per-start returns): it is taken as it is
+    assert normalization_references({"base_return": -150.0, "expert_return": -149.0})[:2] == (-150.0, -149.0)
+    assert normalization_references({"base_return": -150.0, "expert_return": None})[:2] == (None, None)
 
 
 def test_normalized_plots_cut_far_below_base_baselines():

@@ -20,7 +20,7 @@ from sb3_flow.compare.stats import (
     Interval,
     iqm_and_mean,
     iqm_curves,
-    is_normalizable,
+    normalization_references,
     normalize,
     performance_profile,
     probability_of_improvement,
@@ -97,7 +97,7 @@ def _cell(interval: Interval, digits: int) -> str:
     return f"{point:.{digits}f} [{lower:.{digits}f}, {upper:.{digits}f}]"
 
 
-def _header(config: dict[str, Any], references: dict[str, Any], normalized: bool) -> list[str]:
+def _header(config: dict[str, Any], references: dict[str, Any], scale: str) -> list[str]:
     base, expert = references.get("base_return"), references.get("expert_return")
     starts, first = config["eval_starts"], config["eval_first_seed"]
     lines = [
@@ -113,10 +113,7 @@ def _header(config: dict[str, Any], references: dict[str, Any], normalized: bool
         refs.append(f"expert {expert:.1f}")
     if refs:
         lines.append(f"Reference returns on the same starts: {', '.join(refs)}.")
-    if normalized:
-        lines.append("Scores are normalized: (R - R_base) / (R_expert - R_base), 0 = the base, 1 = the expert.")
-    else:
-        lines.append("Scores are raw returns (normalizing needs both the base's and the expert's return).")
+    lines.append(scale)
     return lines
 
 
@@ -188,8 +185,8 @@ def make_report(out_dir: str | os.PathLike, reps: int = DEFAULT_REPS, seed: int 
     """
     sweep = read_sweep(out_dir)
     config, references = sweep["config"], sweep["references"]
-    base, expert = references.get("base_return"), references.get("expert_return")
-    normalized = is_normalizable(base, expert)
+    base, expert, scale = normalization_references(references)  # None, None: raw returns
+    normalized = base is not None
     runs = collect_runs(out_dir, sweep)
     finished = {name: found for name, found in runs.items() if found.records}
     if not finished:
@@ -221,7 +218,7 @@ def make_report(out_dir: str | os.PathLike, reps: int = DEFAULT_REPS, seed: int 
     _plot_aggregates(aggregates, files["aggregates"], label, colors)
     _plot_profile(profiles, profile_bands, taus, files["profile"], label, colors)
 
-    lines = [*_header(config, references, normalized), "", *_method_table(runs, aggregates, normalized, base, expert)]
+    lines = [*_header(config, references, scale), "", *_method_table(runs, aggregates, normalized, base, expert)]
     if pairs:
         lines += ["", "Probability of improvement (a run of X scores higher than a run of Y; 0.5: no difference):", ""]
         lines += _improvement_table(improvement)
@@ -236,7 +233,7 @@ def make_report(out_dir: str | os.PathLike, reps: int = DEFAULT_REPS, seed: int 
 
     summary = {
         "normalized": normalized,
-        "references": {"base_return": base, "expert_return": expert},
+        "references": {"base_return": references.get("base_return"), "expert_return": references.get("expert_return")},
         "methods": {
             name: {
                 **aggregates[name],

@@ -63,6 +63,49 @@ def is_normalizable(base_return: float | None, expert_return: float | None) -> b
     return base_return is not None and expert_return is not None and expert_return != base_return
 
 
+# A base-to-expert scale needs the expert's return to differ from the base's by more than this many standard errors of
+# their paired per-start difference: closer references would blow evaluation noise up into large scores.
+REFERENCE_GAP_STANDARD_ERRORS = 2.0
+
+
+def reference_gap(base_returns: list[float], expert_returns: list[float]) -> tuple[float, float]:
+    """
+    The expert's return minus the base's on the same starts, and the standard error of that paired mean difference.
+
+    :param base_returns: the base's return on each start
+    :param expert_returns: the expert's return on the same starts, in the same order
+    """
+    differences = np.asarray(expert_returns, dtype=np.float64) - np.asarray(base_returns, dtype=np.float64)
+    if differences.size < 2:
+        return float(differences.mean()), 0.0
+    return float(differences.mean()), float(differences.std(ddof=1) / np.sqrt(differences.size))
+
+
+def normalization_references(references: dict[str, Any]) -> tuple[float | None, float | None, str]:
+    """
+    The base's and the expert's returns to normalize scores with, or ``(None, None)`` for raw returns, and a sentence
+    saying which and why. Where both were evaluated on every start, the two must be apart by more than
+    :data:`REFERENCE_GAP_STANDARD_ERRORS` standard errors of their paired difference (an expert no better than the
+    base would turn every score into noise divided by almost nothing).
+
+    :param references: ``base_return``, ``expert_return`` and, where evaluated, ``base_returns`` / ``expert_returns``
+    """
+    base, expert = references.get("base_return"), references.get("expert_return")
+    if not is_normalizable(base, expert):
+        return None, None, "Scores are raw returns (normalizing needs both the base's and the expert's return)."
+    per_start = references.get("base_returns"), references.get("expert_returns")
+    if per_start[0] and per_start[1] and len(per_start[0]) == len(per_start[1]):
+        gap, standard_error = reference_gap(*per_start)
+        if abs(gap) <= REFERENCE_GAP_STANDARD_ERRORS * standard_error:
+            why = (
+                f"Scores are raw returns: on these starts the expert's return differs from the base's by {gap:.1f} "
+                f"(standard error {standard_error:.1f}, paired), within {REFERENCE_GAP_STANDARD_ERRORS:g} standard "
+                "errors, so a base-to-expert scale would measure noise."
+            )
+            return None, None, why
+    return base, expert, "Scores are normalized: (R - R_base) / (R_expert - R_base), 0 = the base, 1 = the expert."
+
+
 @contextlib.contextmanager
 def seeded_bootstrap(seed: int) -> Iterator[np.random.RandomState]:
     """
