@@ -73,8 +73,8 @@ class PipelineSettings:
 # The demo's defaults and the base of every Pendulum benchmark.
 PENDULUM_PIPELINE = PipelineSettings()
 
-# The Hopper-v5 base (benchmarks/reinflow_hopper.py, compare_configs/hopper.yml): a SAC expert of 100k steps (the
-# RL-Zoo's learning_starts), 50 noisy episodes, FlowBC for 20k gradient steps.
+# The Hopper-v5 base (compare_configs/hopper.yml and hopper_finetune.yml): a SAC expert of 100k steps (the RL-Zoo's
+# learning_starts), 50 noisy episodes, FlowBC for 20k gradient steps.
 HOPPER_PIPELINE = PipelineSettings(env_id="Hopper-v5", expert_steps=100_000, bc_steps=20_000)
 
 # FlowPPO fine-tuning a Pendulum FlowBC base (8 environments): FPO++'s fine-tuning recommendations (per-draw ratios,
@@ -113,7 +113,7 @@ REINFLOW_PENDULUM_FINETUNE: dict[str, Any] = {
 }
 
 # ReinFlow on Hopper: the authors' settings (ReinFlow/ReinFlow: cfg/gym/finetune/hopper-v2) with 8 environments
-# instead of 40. benchmarks/reinflow_hopper.py (its defaults; docs/benchmarks.md says which overrides it ran with).
+# instead of 40. compare_configs/hopper.yml and hopper_finetune.yml use it with a faster actor (docs/benchmarks.md).
 REINFLOW_HOPPER_FINETUNE: dict[str, Any] = {
     "n_steps": 500,
     "batch_size": 500,
