@@ -20,8 +20,8 @@ import numpy as np
 from benchmarks.offline_rl import cube_dataset
 from sb3_flow.compare import compare
 from sb3_flow.compare.base import read_json
-from sb3_flow.compare.config import CompareConfig, import_yaml, load_config
-from sb3_flow.compare.jobs import Job, is_finished, result_path
+from sb3_flow.compare.config import import_yaml, load_config
+from sb3_flow.compare.reporting import collect_runs, read_sweep
 
 CONFIG = Path(__file__).resolve().parents[1] / "compare_configs" / "cube_single.yml"
 FAILED_RETURN = -200.0  # -1 on each of the 200 steps: the cube never reached the goal
@@ -36,22 +36,17 @@ def make_dataset(path: Path) -> None:
     demos.save(path)
 
 
-def success_rates(config: CompareConfig, out_dir: Path) -> None:
+def success_rates(out_dir: Path) -> None:
     """
-    Per method: the success rate (%) on the fixed starts at the end, mean and per seed, the base's beside; only from
-    job files written with the config's settings (as the compare report), so a reused folder mixes no other run.
+    Per method: the success rate (%) on the fixed starts at the end, mean and per seed, the base's beside; from the job
+    files the compare report reads (those written with the sweep's settings), so a reused folder mixes no other run.
     """
     references = read_json(out_dir / "base" / "references.json")["references"]
     base = 100 * np.mean(np.array(references["base_returns"]) > FAILED_RETURN)
     print("\n| method | success rate at the end (%), mean over seeds | per seed |\n|---|---|---|")
     print(f"| FlowBC base | {base:.0f} | |")
-    for method in config.methods:
-        jobs = [Job(method, seed) for seed in config.seeds]
-        rates = [
-            100 * np.mean(np.array(read_json(result_path(out_dir, job))["final_returns"]) > FAILED_RETURN)
-            for job in jobs
-            if is_finished(out_dir, config, job, references["base_sha256"])
-        ]
+    for method, found in collect_runs(out_dir, read_sweep(out_dir)).items():
+        rates = [100 * np.mean(np.array(record["final_returns"]) > FAILED_RETURN) for record in found.records]
         if rates:
             print(f"| {method} | {np.mean(rates):.0f} | {', '.join(f'{rate:.0f}' for rate in rates)} |")
 
@@ -69,7 +64,7 @@ def main() -> None:
     config = load_config(CONFIG)
     if not args.report:
         compare(config, args.out, launcher=args.launcher, workers=args.workers)
-    success_rates(config, Path(args.out))
+    success_rates(Path(args.out))
 
 
 if __name__ == "__main__":
